@@ -9,12 +9,41 @@ clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from flobc.consensus.application import Application
+from flobc import codec
 from flobc.config import ConsensusParams
-from flobc.crypto import PrivateKey
+from flobc.consensus.application import Application
+from flobc.consensus.effects import (
+    CancelTimer,
+    Effect,
+    Execute,
+    Persist,
+    SetTimer,
+    StableCheckpoint,
+)
+from flobc.consensus.messages import (
+    Block,
+    Blocks,
+    CertifiedBlock,
+    CheckpointCertificate,
+    CommitCertificate,
+    FetchBlocks,
+    Message,
+    MessageError,
+    Status,
+    Transactions,
+    decode_message,
+    encode_message,
+)
+from flobc.consensus.replica import FETCH_BATCH, Recovery, Replica
+from flobc.consensus.validators import ValidatorSet
+from flobc.crypto import PrivateKey, sha256
+
+log = logging.getLogger("flobc.consensus")
 
 SendFn = Callable[[int | None, bytes], None]
 """send(to, frame): to a replica index, or to every other replica when to is None."""
@@ -24,6 +53,11 @@ CancelFn = Callable[[str], None]
 ClockFn = Callable[[], int]
 """now_ms(): wall-clock milliseconds (block time stamps and skew checks)."""
 
+MAX_FETCH_BYTES = 4 * 1024 * 1024
+UNSIGNED = (Status, FetchBlocks, Blocks, Transactions)
+"""Messages trusted only as far as the authenticated connection they came over."""
+DUPLICATE = "duplicate transaction"
+
 
 class ReplicaHost:
     """One validator's consensus core: replica + mempool + ledger + application."""
@@ -32,24 +66,195 @@ class ReplicaHost:
                  key: PrivateKey, params: ConsensusParams, ledger: Any, app: Application,
                  send: SendFn, set_timer: TimerFn, cancel_timer: CancelFn, now_ms: ClockFn,
                  mempool_max_txs: int = 100_000) -> None:
-        raise NotImplementedError
+        self.validators = ValidatorSet(chain_id, public_keys)
+        self.replica = Replica(self.validators, index, key, params, mempool_max_txs)
+        self.index = index
+        self.params = params
+        self.ledger = ledger
+        self.app = app
+        self._send = send
+        self._set_timer = set_timer
+        self._cancel_timer = cancel_timer
+        self.now_ms = now_ms
+        self.dropped_frames = 0
+        self._snapshots: dict[int, Any] = {}
+        self._proof: tuple[int, bytes, Any] | None = None
+        self._on_commit: list[Callable[[int], None]] = []
+
+    # --- inputs -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Recover from the ledger's consensus records and arm timers. Call once."""
-        raise NotImplementedError
+        height = self.ledger.height
+        meta = self.ledger.meta(height) if height else None
+        latest = self.ledger.latest_checkpoint()
+        checkpoint = CheckpointCertificate.decode(latest[1]) if latest else None
+        recovery = Recovery(height=height, last_block_time=meta.time_ms if meta else 0,
+                            checkpoint=checkpoint, records=dict(self.ledger.records()))
+        self._run(self.replica.start(self.now_ms(), recovery))
+        log.info("validator %d started at height %d, view %d", self.index, height,
+                 self.replica.view)
 
     def on_frame(self, sender: int, frame: bytes) -> None:
         """A frame from peer ``sender``. Malformed or unverifiable frames are dropped."""
-        raise NotImplementedError
+        try:
+            msg = decode_message(frame)
+        except MessageError as exc:
+            self.dropped_frames += 1
+            log.debug("dropped frame from %d: %s", sender, exc)
+            return
+        if isinstance(msg, UNSIGNED) and msg.replica != sender:
+            self.dropped_frames += 1
+            return
+        if isinstance(msg, FetchBlocks):
+            self._answer_fetch(msg)
+        elif isinstance(msg, Transactions):
+            self._admit(list(msg.txs), gossip=False)
+        else:
+            self._run(self.replica.on_message(self.now_ms(), msg))
 
     def on_timer(self, name: str) -> None:
-        raise NotImplementedError
+        self._run(self.replica.on_timer(self.now_ms(), name))
 
     def submit_tx(self, tx: bytes) -> tuple[bytes, str | None]:
         """Admit a client transaction: returns (tx_hash, None) or (tx_hash, reason refused)."""
-        raise NotImplementedError
+        return self.submit_txs([tx])[0]
+
+    def submit_txs(self, txs: list[bytes]) -> list[tuple[bytes, str | None]]:
+        """Admit client transactions and gossip the accepted ones to every peer."""
+        return self._admit(txs, gossip=True)
+
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(height)`` after each block is executed and stored."""
+        self._on_commit.append(callback)
+
+    # --- queries ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """height, view, primary, state_root (hex), last_commit_time_ms, mempool_size,
         stable_checkpoint, in_view_change."""
-        raise NotImplementedError
+        st = self.replica.status()
+        height = self.ledger.height
+        meta = self.ledger.meta(height) if height else None
+        st["state_root"] = self.ledger.state.root.hex()
+        st["last_block_time_ms"] = meta.time_ms if meta else 0
+        st["last_commit_time_ms"] = st.pop("last_commit_ms")
+        st["dropped_frames"] = self.dropped_frames
+        return st
+
+    def proof_snapshot(self) -> tuple[int, bytes, Any] | None:
+        """(seq, checkpoint certificate, state snapshot) of the latest stable checkpoint."""
+        return self._proof
+
+    # --- effects ------------------------------------------------------------------------
+
+    def _run(self, effects: Iterable[Effect]) -> None:
+        queue: deque[Effect] = deque(effects)
+        while queue:
+            effect = queue.popleft()
+            if isinstance(effect, Persist):
+                puts, deletes = list(effect.puts), list(effect.deletes)
+                while queue and isinstance(queue[0], Persist):
+                    more = queue.popleft()
+                    puts += more.puts  # type: ignore[union-attr]
+                    deletes += more.deletes  # type: ignore[union-attr]
+                self.ledger.write_records(puts, deletes)
+            elif isinstance(effect, Execute):
+                queue.extend(self._execute(effect.block, effect.certificate))
+            elif isinstance(effect, SetTimer):
+                self._set_timer(effect.name, effect.delay_ms)
+            elif isinstance(effect, CancelTimer):
+                self._cancel_timer(effect.name)
+            elif isinstance(effect, StableCheckpoint):
+                self._stable(effect.seq, effect.certificate_bytes)
+            else:
+                self._send(effect.to, encode_message(effect.message))
+
+    def _execute(self, block: Block, cert: CommitCertificate) -> list[Effect]:
+        height = block.height
+        previous = self.ledger.meta(height - 1) if height > 1 else None
+        block_time = max(block.time_ms, previous.time_ms if previous else 0)
+        hashes = [sha256(tx) for tx in block.txs]
+        seen: set[bytes] = set()
+        fresh: list[int] = []
+        for i, h in enumerate(hashes):
+            if h not in seen and self.ledger.tx(h) is None:
+                fresh.append(i)
+            seen.add(h)
+        overlay = self.ledger.state.overlay()
+        outcome = self.app.execute_block(height, block_time, [block.txs[i] for i in fresh],
+                                         overlay)
+        results = [DUPLICATE] * len(hashes)
+        for i, reason in zip(fresh, outcome, strict=True):
+            results[i] = reason  # type: ignore[call-overload]
+        root = self.ledger.commit_block(
+            height, block.encode(), cert.encode(), cert.digest, block_time, hashes,
+            [codec.pack(r) for r in results], overlay)
+        if height % self.params.checkpoint_interval == 0:
+            self._snapshots[height] = self.ledger.state.snapshot()
+            self._use_snapshot()
+        for callback in self._on_commit:
+            callback(height)
+        return self.replica.on_executed(self.now_ms(), height, root, block_time)
+
+    def _stable(self, seq: int, cert: bytes) -> None:
+        self.ledger.put_checkpoint(seq, cert)
+        self._use_snapshot()
+
+    def _use_snapshot(self) -> None:
+        """Serve proofs from the newest snapshot whose checkpoint is stable."""
+        latest = self.ledger.latest_checkpoint()
+        if latest is None or latest[0] not in self._snapshots:
+            return
+        seq, cert = latest
+        if self._proof is not None and self._proof[0] != seq:
+            self._proof[2].release()
+        self._proof = (seq, cert, self._snapshots.pop(seq))
+        for old in [s for s in self._snapshots if s < seq]:
+            self._snapshots.pop(old).release()
+
+    # --- transactions and state transfer ------------------------------------------------
+
+    def _admit(self, txs: list[bytes], gossip: bool) -> list[tuple[bytes, str | None]]:
+        checked: list[tuple[bytes, bytes]] = []
+        results: list[tuple[bytes, str | None]] = []
+        for tx in txs:
+            h = sha256(tx)
+            reason = self._tx_error(h, tx)
+            results.append((h, reason))
+            if reason is None:
+                checked.append((h, tx))
+        if not checked:
+            return results
+        reasons, effects = self.replica.add_txs(self.now_ms(), checked)
+        accepted = dict(zip([h for h, _ in checked], reasons, strict=True))
+        results = [(h, r if r is not None else accepted.get(h)) for h, r in results]
+        if gossip:
+            fresh = tuple(tx for h, tx in checked if accepted[h] is None)
+            if fresh:
+                self._send(None, encode_message(Transactions(fresh, self.index)))
+        self._run(effects)
+        return results
+
+    def _tx_error(self, tx_hash: bytes, tx: bytes) -> str | None:
+        if len(tx) > self.params.max_tx_bytes:
+            return f"transaction is {len(tx)} bytes, limit is {self.params.max_tx_bytes}"
+        if tx_hash in self.replica.mempool:
+            return "transaction already in the mempool"
+        if self.ledger.tx(tx_hash) is not None:
+            return "transaction already committed"
+        return self.app.check_tx(tx, self.ledger.state)
+
+    def _answer_fetch(self, msg: FetchBlocks) -> None:
+        top = self.ledger.height
+        blocks: list[CertifiedBlock] = []
+        size = 0
+        last = min(msg.last, top, msg.first + FETCH_BATCH - 1)
+        for height in range(max(msg.first, 1), last + 1):
+            raw, cert = self.ledger.block(height), self.ledger.certificate(height)
+            size += len(raw) + len(cert)
+            if blocks and size > MAX_FETCH_BYTES:
+                break
+            blocks.append(CertifiedBlock(Block.decode(raw), CommitCertificate.decode(cert)))
+        reply: Message = Blocks(tuple(blocks), top, self.index)
+        self._send(msg.replica, encode_message(reply))

@@ -407,10 +407,32 @@ class Transactions(Message):
         return cls(tuple(_bytes(t, "tx") for t in _list(txs, "txs")), _int(r, "replica"))
 
 
+@dataclass(frozen=True)
+class Status(Message):
+    """A periodic heartbeat: lets lagging replicas notice they should catch up.
+
+    Unsigned: it only ever triggers a fetch of self-certifying blocks or a resend.
+    """
+
+    TAG = "status"
+    SIGNED = False
+    height: int
+    view: int
+    in_view_change: bool
+    replica: int
+
+    @classmethod
+    def from_list(cls, raw: Any) -> Status:
+        h, v, ivc, r = _fields(raw, cls.TAG, 4)
+        if not isinstance(ivc, bool):
+            raise MessageError("in_view_change: expected a boolean")
+        return cls(_int(h, "height"), _int(v, "view"), ivc, _int(r, "replica"))
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.TAG: cls
     for cls in (PrePrepare, Prepare, Commit, Checkpoint, Proposal, ViewChange, NewView,
-                FetchBlocks, Blocks, Transactions)
+                FetchBlocks, Blocks, Transactions, Status)
 }
 
 
