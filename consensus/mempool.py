@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
+FULL = "mempool is full"
+"""The refusal a client should retry later (the HTTP API answers it with 503)."""
+
 
 class Mempool:
     def __init__(self, max_txs: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
@@ -29,7 +32,7 @@ class Mempool:
         if tx_hash in self._txs:
             return "transaction already in the mempool"
         if len(self._txs) >= self.max_txs or self._bytes + len(tx) > self.max_bytes:
-            return "mempool is full"
+            return FULL
         self._txs[tx_hash] = tx
         self._bytes += len(tx)
         return None

@@ -152,7 +152,7 @@ class Replica:
     def start(self, now: int, recovery: Recovery) -> list[Effect]:
         """Restore durable state after a (re)start and arm the periodic timer."""
         self.executed = self.dispatched = recovery.height
-        self.last_block_time = recovery.last_block_time
+        self.last_block_time = self.last_commit_ms = recovery.last_block_time
         if recovery.checkpoint is not None:
             self.stable_cert = recovery.checkpoint
             self.stable_seq = recovery.checkpoint.seq
@@ -628,6 +628,14 @@ class Replica:
                 self._fetch()
         if self.own_checkpoint is not None and self.own_checkpoint.seq > self.stable_seq:
             self._send(self.own_checkpoint)
+        # Txs still here a whole interval later go to every peer, even from a replica in a
+        # view change: a primary that ignores them is then suspected by all backups.
+        held = [(h, tx) for h, tx in self.mempool.items() if h in self.stale_txs]
+        held = held[: self.params.max_block_txs]
+        if held:
+            self._send(Transactions(tuple(tx for _, tx in held), self.index))
+        self.stale_txs = {h for h, _ in self.mempool.batch(self.params.max_block_txs,
+                                                           self.params.max_block_bytes)}
         if self.in_view_change:
             self._send(self.view_changes[self.index])
             return
@@ -640,13 +648,6 @@ class Replica:
                 self._send(slot.prepares[self.index])
             if self.index in slot.commits:
                 self._send(slot.commits[self.index])
-        if self.index != self.primary:
-            held = [(h, tx) for h, tx in self.mempool.items() if h in self.stale_txs]
-            held = held[: self.params.max_block_txs]
-            if held:
-                self._send(Transactions(tuple(tx for _, tx in held), self.index), to=self.primary)
-            self.stale_txs = {h for h, _ in self.mempool.batch(self.params.max_block_txs,
-                                                               self.params.max_block_bytes)}
 
     def _pending(self) -> bool:
         return bool(self.mempool) or any(

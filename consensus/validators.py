@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
 from flobc.consensus.messages import (
     Block,
     CheckpointCertificate,
     CommitCertificate,
     Message,
 )
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
 from flobc.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 
 

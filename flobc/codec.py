@@ -19,12 +19,17 @@ class DecodeError(ValueError):
     """Raised when bytes are not a valid canonical-codec value."""
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _canonical(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply to encode")
     if isinstance(value, dict):
         return {k: _canonical(value[k], depth + 1) for k in sorted(value)}
     if isinstance(value, list | tuple):
+        if not any(isinstance(v, _CONTAINERS) for v in value):
+            return value  # flat: nothing to reorder (msgpack writes tuples as arrays)
         return [_canonical(v, depth + 1) for v in value]
     return value
 

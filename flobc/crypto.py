@@ -6,6 +6,7 @@ Keys travel as raw 32-byte values (hex in files); signatures are 64 bytes.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -43,12 +44,25 @@ class PrivateKey:
         return self._key.sign(message).signature
 
 
+VERIFIED_CACHE_SIZE = 1 << 17
+_verified: OrderedDict[bytes, None] = OrderedDict()
+"""Digests of (key, signature, message) triples that verified: a transaction is checked
+when it enters the mempool and again when its block executes, and the second check is
+then a lookup. Verification is a pure function, so caching it cannot change a result."""
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is ``public_key``'s signature of ``message``; never raises."""
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
+    entry = hashlib.sha256(public_key + signature + message).digest()
+    if entry in _verified:
+        return True
     try:
         VerifyKey(public_key).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):
         return False
+    _verified[entry] = None
+    if len(_verified) > VERIFIED_CACHE_SIZE:
+        _verified.popitem(last=False)
     return True

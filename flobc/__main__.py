@@ -1,0 +1,7 @@
+"""``python -m flobc``: the same command line as the ``flobc`` script."""
+
+import sys
+
+from flobc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,459 @@
+"""The ``flobc`` command line: keys, local testnets, running a validator, checking one.
+
+Every failure a user can cause (a bad file, an unreachable validator, data that does
+not verify) ends as one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flobc import __version__
+from flobc.config import (
+    ConfigError,
+    ConsensusParams,
+    Genesis,
+    NodeConfig,
+    Peer,
+    ValidatorInfo,
+    load_key,
+    save_key,
+)
+from flobc.consensus.light import VerificationError, verify_block, verify_state
+from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
+from flobc.crypto import PrivateKey
+
+HTTP_TIMEOUT_S = 10.0
+DEFAULT_BASE_PORT = 26600
+
+
+class CliError(Exception):
+    """A failure to report to the user as one line."""
+
+
+# --- testnet files ------------------------------------------------------------------
+
+
+def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
+                  params: ConsensusParams, force: bool = False) -> list[NodeConfig]:
+    """Write a genesis and one home folder per validator; return their configurations.
+
+    Validator i listens for peers on ``base_port + 2i`` and serves its API on
+    ``base_port + 2i + 1``; every validator lists all the others as peers.
+    """
+    if validators < 1:
+        raise CliError(f"--validators must be at least 1, got {validators}")
+    last_port = base_port + 2 * validators - 1
+    if base_port < 1 or last_port > 65535:
+        raise CliError(f"ports {base_port}..{last_port} are outside 1..65535")
+    _prepare_out_dir(out, force)
+    keys = [PrivateKey.generate() for _ in range(validators)]
+    genesis = Genesis(chain_id, int(time.time() * 1000),
+                      tuple(ValidatorInfo(f"validator-{i}", k.public_key)
+                            for i, k in enumerate(keys)),
+                      params)
+    genesis_text = genesis.to_toml()
+    (out / "genesis.toml").write_text(genesis_text)
+    peers = [Peer(i, _address(host, base_port + 2 * i), _address(host, base_port + 2 * i + 1))
+             for i in range(validators)]
+    configs = []
+    for i, key in enumerate(keys):
+        home = out / f"validator-{i}"
+        home.mkdir()
+        config = NodeConfig(home=home, index=i, peer_listen=peers[i].peer_address,
+                            api_listen=peers[i].api_address,
+                            peers=tuple(p for p in peers if p.index != i))
+        config.save()
+        config.genesis_path.write_text(genesis_text)
+        save_key(config.key_path, key)
+        configs.append(config)
+    return configs
+
+
+def _prepare_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise CliError(f"{out} is not empty; pass --force to replace the testnet in it")
+        (out / "genesis.toml").unlink(missing_ok=True)
+        for home in out.glob("validator-*"):
+            if home.is_dir():
+                shutil.rmtree(home)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _consensus_params(args: argparse.Namespace) -> ConsensusParams:
+    """Genesis defaults, except that the window grows with a larger checkpoint interval
+    (it must span two), so that ``--checkpoint-interval`` alone always works."""
+    given = {f.name: getattr(args, f.name) for f in fields(ConsensusParams)
+             if getattr(args, f.name) is not None}
+    if "window" not in given:
+        defaults = ConsensusParams()
+        given["window"] = max(defaults.window,
+                              2 * given.get("checkpoint_interval", defaults.checkpoint_interval),
+                              given.get("max_in_flight", defaults.max_in_flight))
+    return ConsensusParams(**given)
+
+
+# --- talking to a validator ---------------------------------------------------------
+
+
+def base_url(text: str) -> str:
+    """Accept ``host:port`` as well as a full URL; return it without a trailing slash."""
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise CliError(f"{text!r} is not a validator URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise CliError(f"{text!r} is not an http(s) URL of a validator")
+    return url.rstrip("/")
+
+
+def request(method: str, base: str, path: str, *, allow_404: bool = False,
+            **kwargs: Any) -> Any:
+    """Call a validator's API and return its JSON answer (None for an allowed 404)."""
+    try:
+        response = httpx.request(method, base + path, timeout=HTTP_TIMEOUT_S, **kwargs)
+    except httpx.TransportError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise CliError(f"cannot reach validator at {base}: {reason}") from exc
+    except httpx.HTTPError as exc:
+        raise CliError(f"{base}{path}: {exc or type(exc).__name__}") from exc
+    if response.status_code == 404 and allow_404:
+        return None
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise CliError(f"{base}{path}: HTTP {response.status_code}, answer is not JSON") from exc
+    if response.is_error:
+        detail = data.get("detail", data) if isinstance(data, dict) else data
+        raise CliError(f"{base}{path}: HTTP {response.status_code}: {detail}")
+    return data
+
+
+def _field(data: Any, name: str, what: str) -> Any:
+    if not isinstance(data, dict) or name not in data:
+        raise CliError(f"{what}: the validator's answer lacks {name!r}")
+    return data[name]
+
+
+def _hex_field(data: Any, name: str, what: str) -> bytes:
+    value = _field(data, name, what)
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"{what}: {name!r} in the validator's answer is not hex") from exc
+
+
+def _when(time_ms: int) -> str:
+    """'3.2 s ago (2025-01-01 12:00:00 UTC)' for a wall-clock millisecond stamp."""
+    if not time_ms:
+        return "never"
+    stamp = datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{max(0.0, time.time() - time_ms / 1000):.1f} s ago ({stamp})"
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists():
+        if not args.force:
+            raise CliError(f"{out} exists; pass --force to overwrite it")
+        out.unlink()  # so the new file is created with owner-only permissions
+    key = PrivateKey.generate()
+    try:
+        save_key(out, key)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from exc
+    print(key.public_key.hex())
+    return 0
+
+
+def cmd_testnet_init(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    configs = write_testnet(out, args.validators, chain_id=args.chain_id, host=args.host,
+                            base_port=args.base_port, params=_consensus_params(args),
+                            force=args.force)
+    print(f"wrote testnet {args.chain_id!r} with {len(configs)} validator(s) to {out}")
+    for c in configs:
+        print(f"  {c.home}: peers at {c.peer_listen}, API at http://{c.api_listen}")
+    return 0
+
+
+def cmd_validator_start(args: argparse.Namespace) -> int:
+    from flobc.validator.node import main_node
+
+    return main_node(Path(args.home))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = base_url(args.validator)
+    status = request("GET", base, "/status")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    what = f"{base}/status"
+    view = _field(status, "view", what)
+    primary = _field(status, "primary", what)
+    peers = _field(status, "peers_connected", what)
+    view_note = " (view change in progress)" if _field(status, "in_view_change", what) else ""
+    rows = [
+        ("chain", _field(status, "chain_id", what)),
+        ("validator", _field(status, "index", what)),
+        ("height", _field(status, "height", what)),
+        ("view", f"{view} (primary {primary}){view_note}"),
+        ("peers", f"{len(peers)} connected: {', '.join(map(str, peers)) or 'none'}"),
+        ("last commit", _when(_field(status, "last_commit_time_ms", what))),
+        ("mempool", f"{_field(status, 'mempool_size', what)} txs"),
+        ("checkpoint", f"{_field(status, 'stable_checkpoint', what) or 'none'} (stable)"),
+        ("state root", _field(status, "state_root", what)),
+    ]
+    for name, value in rows:
+        print(f"{name:<12} {value}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    genesis = Genesis.load(args.genesis)
+    base = base_url(args.validator)
+    n = len(genesis.validators)
+    what = f"{base}/blocks/{args.height}"
+    served = request("GET", base, f"/blocks/{args.height}", allow_404=True)
+    if served is None:
+        raise CliError(f"{base} has no block at height {args.height}")
+    block_bytes = _hex_field(served, "block", what)
+    certificate_bytes = _hex_field(served, "certificate", what)
+    block = verify_block(genesis, block_bytes, certificate_bytes, height=args.height)
+    certificate = CommitCertificate.decode(certificate_bytes)
+    print(f"block {block.height} verified: committed by {len(certificate.signatures)} of {n} "
+          f"validators of chain {genesis.chain_id!r} in view {certificate.view}")
+    stamped = f"time {_when(block.time_ms)}" if block.time_ms else "a null block (no time)"
+    print(f"  hash {certificate.digest.hex()}, {len(block.txs)} txs, "
+          f"proposed by validator {block.proposer}, {stamped}")
+    if args.key is not None:
+        _verify_key(genesis, base, args.key)
+    return 0
+
+
+def _verify_key(genesis: Genesis, base: str, key_hex: str) -> None:
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError as exc:
+        raise CliError(f"--key {key_hex!r} is not hex") from exc
+    what = f"{base}/state/proof"
+    served = request("GET", base, "/state/proof", params={"key": key.hex()}, allow_404=True)
+    if served is None:
+        raise CliError(f"{base} has no stable checkpoint yet to prove state against")
+    if _field(served, "value", what) is None or _field(served, "proof", what) is None:
+        raise VerificationError(
+            f"{base} reports state key {key.hex()} absent; proofs cover present keys only, "
+            "so absence cannot be verified")
+    value = _hex_field(served, "value", what)
+    proof_bytes = _hex_field(served, "proof", what)
+    checkpoint_bytes = _hex_field(_field(served, "checkpoint", what), "certificate",
+                                  f"{what} checkpoint")
+    height = verify_state(genesis, checkpoint_bytes, key, value, proof_bytes)
+    checkpoint = CheckpointCertificate.decode(checkpoint_bytes)
+    print(f"state key {key.hex()} = {value.hex()} ({_printable(value)}): "
+          f"verified at checkpoint {height}, state root "
+          f"{checkpoint.state_root.hex()} signed by {len(checkpoint.signatures)} of "
+          f"{len(genesis.validators)} validators")
+
+
+def _printable(value: bytes) -> str:
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return f"{len(value)} bytes"
+    return repr(text) if text.isprintable() else f"{len(value)} bytes"
+
+
+def cmd_tx_send(args: argparse.Namespace) -> int:
+    from flobc.validator.kvstore import KV_PREFIX, make_tx
+
+    k, sep, v = args.set.partition("=")
+    if not sep or not k:
+        raise CliError(f"--set expects KEY=VALUE, got {args.set!r}")
+    base = base_url(args.validator)
+    key = load_key(args.key)
+    nonce = args.nonce if args.nonce is not None else time.time_ns()
+    tx = make_tx(key, nonce, k.encode(), v.encode())
+    answer = request("POST", base, "/txs", content=tx,
+                     headers={"content-type": "application/octet-stream"})
+    tx_hash = _field(answer, "tx_hash", f"{base}/txs")
+    print(f"accepted tx {tx_hash} (nonce {nonce}); state key {(KV_PREFIX + k.encode()).hex()}")
+    if args.wait:
+        deadline = time.monotonic() + args.wait
+        while (found := request("GET", base, f"/txs/{tx_hash}", allow_404=True)) is None:
+            if time.monotonic() > deadline:
+                raise CliError(f"tx {tx_hash} not committed within {args.wait:g} s")
+            time.sleep(0.1)
+        result = _field(found, "result", f"{base}/txs/{tx_hash}")
+        print(f"committed at height {found.get('height')}, index {found.get('index')}: "
+              f"{'ok' if result is None else result}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flobc.demo import run_demo
+
+    return run_demo(validators=args.validators, seconds=args.seconds, rate=args.rate,
+                    keep=args.keep)
+
+
+# --- parser -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; README examples are checked against it."""
+    parser = argparse.ArgumentParser(
+        prog="flobc", description="Blockchain-backed federated learning over a PBFT ledger.")
+    parser.add_argument("--version", action="version", version=f"flobc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="manage Ed25519 keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND")
+    gen = keys.add_parser("generate", help="write a new key file (owner-only permissions) "
+                          "and print its public key")
+    gen.add_argument("--out", required=True, metavar="FILE", help="key file to write")
+    gen.add_argument("--force", action="store_true", help="overwrite an existing FILE")
+    gen.set_defaults(func=cmd_keys_generate)
+
+    testnet = commands.add_parser("testnet", help="local test networks").add_subparsers(
+        dest="testnet_command", required=True, metavar="COMMAND")
+    init = testnet.add_parser(
+        "init", help="write keys, a genesis and one home folder per validator",
+        description="Write DIR/genesis.toml and DIR/validator-i/{config.toml, genesis.toml, "
+        "validator_key.json} for each validator i. Validator i listens for peers on "
+        "HOST:BASE_PORT+2i and serves its HTTP API on HOST:BASE_PORT+2i+1.")
+    init.add_argument("--validators", type=int, required=True, metavar="N",
+                      help="number of validators (n = 3f+1 tolerates f faults)")
+    init.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    init.add_argument("--chain-id", default="flobc-testnet", help="default: %(default)s")
+    init.add_argument("--host", default="127.0.0.1", help="address validators listen on "
+                      "and reach each other at (default: %(default)s)")
+    init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
+                      help="first port (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="write into a non-empty DIR, "
+                      "replacing its genesis.toml and every validator-* folder")
+    params = init.add_argument_group("consensus parameters (genesis [consensus] table)")
+    defaults = ConsensusParams()
+    for f in fields(ConsensusParams):
+        default = ("max(64, 2 x checkpoint interval)" if f.name == "window"
+                   else getattr(defaults, f.name))
+        params.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=int,
+                            metavar="N", help=f"default: {default}")
+    init.set_defaults(func=cmd_testnet_init)
+
+    validator = commands.add_parser("validator", help="run a validator").add_subparsers(
+        dest="validator_command", required=True, metavar="COMMAND")
+    start = validator.add_parser("start", help="run one PBFT validator until interrupted")
+    start.add_argument("--home", required=True, metavar="DIR",
+                       help="validator home folder (as written by testnet init)")
+    start.set_defaults(func=cmd_validator_start)
+
+    status = commands.add_parser("status", help="show a validator's consensus status")
+    status.add_argument("--validator", required=True, metavar="URL",
+                        help="validator API, e.g. http://127.0.0.1:26601")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=cmd_status)
+
+    verify = commands.add_parser(
+        "verify", help="verify a block (and a state value) against the genesis keys only",
+        description="Light verification: trusts only GENESIS. Checks that a quorum of its "
+        "validators signed block HEIGHT; with --key, also checks the value of that state "
+        "key against the latest stable checkpoint's certified state root.")
+    verify.add_argument("--genesis", required=True, metavar="FILE", help="genesis.toml")
+    verify.add_argument("--validator", required=True, metavar="URL", help="validator API")
+    verify.add_argument("--height", type=_positive_int, required=True,
+                        help="block height to verify")
+    verify.add_argument("--key", metavar="HEX", help="state key to verify, in hex")
+    verify.set_defaults(func=cmd_verify)
+
+    tx = commands.add_parser("tx", help="submit transactions").add_subparsers(
+        dest="tx_command", required=True, metavar="COMMAND")
+    send = tx.add_parser("send", help="sign and submit a key-value transaction")
+    send.add_argument("--validator", required=True, metavar="URL", help="validator API")
+    send.add_argument("--key", required=True, metavar="FILE", help="signer's key file")
+    send.add_argument("--set", required=True, metavar="K=V", help="key and value to write")
+    send.add_argument("--nonce", type=int, help="default: the current time in nanoseconds")
+    send.add_argument("--wait", type=_positive_float, metavar="SECONDS",
+                      help="wait up to SECONDS for the transaction to be committed")
+    send.set_defaults(func=cmd_tx_send)
+
+    demo = commands.add_parser(
+        "demo", help="run a local testnet under signed transaction load for a while",
+        description="Start a testnet of validator processes in a temporary folder, drive "
+        "signed key-value transactions at them, print height, committed tx/s and view "
+        "every second, then stop them all (also on Ctrl-C).")
+    demo.add_argument("--validators", type=_positive_int, default=4,
+                      help="default: %(default)s")
+    demo.add_argument("--seconds", type=_positive_float, default=20.0,
+                      help="how long to drive load (default: %(default)s)")
+    demo.add_argument("--rate", type=_positive_float, default=500.0,
+                      help="transactions per second to submit (default: %(default)s)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary testnet folder and the validators' logs")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print one line to stderr and return 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("flobc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``flobc status --json | head``): not an error
+        # worth a message, but Python must not complain again when flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (CliError, ConfigError, VerificationError) as exc:
+        print(f"flobc: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"flobc: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

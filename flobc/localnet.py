@@ -1,0 +1,134 @@
+"""A local testnet of validator processes on loopback.
+
+One launcher for everything that runs a real cluster on this machine: the demo, the
+end-to-end tests and the benchmarks. Each validator is a real ``flobc validator start``
+process in its own session (so Ctrl-C reaches only the caller, which stops them), with
+its output in ``<home>/validator.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from flobc.cli import CliError, write_testnet
+from flobc.config import ConsensusParams, Genesis, NodeConfig
+
+STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+POLL_INTERVAL_S = 0.05
+
+
+def free_port_range(count: int, attempts: int = 200) -> int:
+    """A base port such that ``count`` consecutive ports are free on 127.0.0.1 now."""
+    for _ in range(attempts):
+        base = random.randrange(20000, 30000 - count)
+        if all(_port_free(port) for port in range(base, base + count)):
+            return base
+    raise CliError(f"found no {count} consecutive free ports in 20000..30000")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalNet:
+    """Validator processes of one testnet written under ``workdir``."""
+
+    def __init__(self, workdir: Path, validators: int, *,
+                 params: ConsensusParams | None = None, chain_id: str = "flobc-local") -> None:
+        self.workdir = Path(workdir)
+        self.configs: list[NodeConfig] = write_testnet(
+            self.workdir, validators, chain_id=chain_id, host="127.0.0.1",
+            base_port=free_port_range(2 * validators), params=params or ConsensusParams())
+        self.genesis = Genesis.load(self.workdir / "genesis.toml")
+        self.urls = [f"http://{c.api_listen}" for c in self.configs]
+        self.procs: list[subprocess.Popen | None] = [None] * validators
+
+    def __enter__(self) -> LocalNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(self, index: int) -> None:
+        """Start validator ``index`` (again, on its existing home and data)."""
+        if self.running(index):
+            raise RuntimeError(f"validator {index} is already running")
+        config = self.configs[index]
+        with open(config.home / "validator.log", "ab") as log:
+            self.procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "flobc", "validator", "start", "--home", str(config.home)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def start_all(self) -> None:
+        for i in range(len(self.configs)):
+            self.start(i)
+        self.wait_serving()
+
+    def running(self, index: int) -> bool:
+        proc = self.procs[index]
+        return proc is not None and proc.poll() is None
+
+    def kill(self, index: int) -> None:
+        """SIGKILL validator ``index``: no clean shutdown, as in a crash."""
+        proc = self.procs[index]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.procs[index] = None
+
+    def stop_all(self) -> None:
+        """SIGTERM every validator, SIGKILL those still running after the grace period."""
+        procs = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = [None] * len(self.procs)
+
+    def log_tail(self, index: int, lines: int = 20) -> str:
+        try:
+            text = (self.configs[index].home / "validator.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_serving(self, indices: list[int] | None = None,
+                     timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Poll /status until every validator in ``indices`` answers; fail fast on exit."""
+        waiting = set(range(len(self.configs)) if indices is None else indices)
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=1.0) as client:
+            while waiting:
+                for i in sorted(waiting):
+                    proc = self.procs[i]
+                    if proc is None or proc.poll() is not None:
+                        raise CliError(f"validator {i} is not running: {self.log_tail(i, 5)}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if client.get(f"{self.urls[i]}/status").status_code == 200:
+                            waiting.discard(i)
+                if waiting and time.monotonic() > deadline:
+                    raise CliError(f"validators {sorted(waiting)} not serving after "
+                                   f"{timeout:.0f} s")
+                if waiting:
+                    time.sleep(POLL_INTERVAL_S)
