@@ -80,6 +80,7 @@ class ReplicaHost:
         self._snapshots: dict[int, Any] = {}
         self._proof: tuple[int, bytes, Any] | None = None
         self._on_commit: list[Callable[[int], None]] = []
+        self._view_seen = (0, False, 0)
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -148,7 +149,22 @@ class ReplicaHost:
 
     # --- effects ------------------------------------------------------------------------
 
+    def _log_view(self) -> None:
+        """One log line when the replica starts a view change or enters a new view."""
+        r = self.replica
+        now = (r.view, r.in_view_change, r.target_view)
+        if now == self._view_seen:
+            return
+        self._view_seen = now
+        if r.in_view_change:
+            log.warning("validator %d: view change from view %d to %d (primary %d suspected)",
+                        self.index, r.view, r.target_view, r.primary)
+        else:
+            log.info("validator %d: entered view %d, primary is %d, at height %d",
+                     self.index, r.view, r.primary, r.executed)
+
     def _run(self, effects: Iterable[Effect]) -> None:
+        self._log_view()
         queue: deque[Effect] = deque(effects)
         while queue:
             effect = queue.popleft()

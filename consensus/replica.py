@@ -495,12 +495,17 @@ class Replica:
         self._after_view_change_vote(now, vc.view)
 
     def _after_view_change_vote(self, now: int, view: int) -> None:
-        if not self.in_view_change or view != self.target_view:
+        if not self.in_view_change or view < self.target_view:
             return
+        view = self.target_view
         votes = [vc for vc in self.view_changes.values() if vc.view == view]
-        if len(votes) < self.vs.quorum:
+        # Replicas already past our target count for the timer: they saw the quorum for it
+        # that we may never see (we restarted, or their VIEW-CHANGE was lost before they
+        # moved on). Counting only exact votes leaves everyone waiting with no timer armed.
+        if sum(vc.view >= view for vc in self.view_changes.values()) < self.vs.quorum:
             return
-        if self.vs.primary(view) == self.index and self.sent_new_view < view:
+        if (len(votes) >= self.vs.quorum and self.vs.primary(view) == self.index
+                and self.sent_new_view < view):
             self._send_new_view(now, view, votes)
         elif not self.progress_armed:
             self.progress_armed = True
@@ -700,6 +705,11 @@ class Replica:
             self.new_view = NewView.from_list(codec.unpack(records[b"nv"]))
             if self.new_view.replica == self.index:
                 self.sent_new_view = self.new_view.view
+                if self.new_view.view == self.view and not self.in_view_change:
+                    # Its NEW-VIEW pre-prepared these: a restart must not propose others.
+                    for prop in self.new_view.proposals:
+                        if self._in_window(prop.pre_prepare.seq):
+                            self._slot(prop.pre_prepare.seq).proposal = prop
         for key, value in sorted(records.items()):
             if key.startswith(b"prep/"):
                 proof = PreparedProof.from_list(codec.unpack(value))

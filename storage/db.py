@@ -131,7 +131,8 @@ class Database:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._db = plyvel.DB(os.fspath(path), create_if_missing=True,
-                             bloom_filter_bits=10, lru_cache_size=32 * 1024 * 1024)
+                             bloom_filter_bits=10, lru_cache_size=32 * 1024 * 1024,
+                             write_buffer_size=64 * 1024 * 1024)
 
     def table(self, name: str) -> Table:
         return Table(self._db, name)

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from flobc import codec
 from flobc.crypto import HASH_SIZE, sha256
-from flobc.storage.db import Database
+from flobc.storage.db import Database, Table
 from flobc.storage.state import AppState, StateOverlay
 
 ZERO_HASH = bytes(HASH_SIZE)
@@ -27,6 +27,13 @@ def _u64(value: int, name: str) -> bytes:
     if type(value) is not int or not 0 <= value < 2**64:
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
     return value.to_bytes(8, "big")
+
+
+def _get(table: Table, number: int) -> bytes | None:
+    """Look up by height or sequence number; None for a number that cannot exist."""
+    if type(number) is not int or not 0 <= number < 2**64:
+        return None
+    return table.get(number.to_bytes(8, "big"))
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,13 @@ class Ledger:
         return root
 
     def block(self, height: int) -> bytes | None:
-        return self._blocks.get(_u64(height, "height"))
+        return _get(self._blocks, height)
 
     def certificate(self, height: int) -> bytes | None:
-        return self._certificates.get(_u64(height, "height"))
+        return _get(self._certificates, height)
 
     def meta(self, height: int) -> BlockMeta | None:
-        raw = self._meta.get(_u64(height, "height"))
+        raw = _get(self._meta, height)
         if raw is None:
             return None
         block_hash, prev_hash, state_root, time_ms, tx_count = codec.unpack(raw)
@@ -155,7 +162,7 @@ class Ledger:
         return int.from_bytes(last[0], "big"), last[1]
 
     def checkpoint(self, seq: int) -> bytes | None:
-        return self._checkpoints.get(_u64(seq, "seq"))
+        return _get(self._checkpoints, seq)
 
     # --- content-addressed blobs ----------------------------------------------------
 

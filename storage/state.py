@@ -2,15 +2,15 @@
 
 Three tables hold it. ``state`` maps key to value, so an application scans its own key
 prefixes in key order. ``mbucket`` maps bucket (2 bytes) + key to the leaf hash, so a
-bucket's leaves are one prefix scan away. ``mnode`` holds every non-empty node of the
-top tree by (level, index), bucket roots being level 0. A database snapshot alone can
-therefore answer reads and produce proofs for the root it saw; the live state also
-keeps the top tree in memory so that staging a block only reads the dirty buckets.
+bucket's leaves are one prefix scan away. ``mnode`` holds the root of every non-empty
+bucket. The 16 levels of the top tree above the buckets live only in memory: they are
+rebuilt from the bucket roots on open, so a block writes one node per dirty bucket
+rather than its whole path. A snapshot keeps a copy of those levels, so it can produce
+proofs for the root it saw while later blocks commit.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from types import TracebackType
@@ -31,11 +31,15 @@ from flobc.storage.merkle import (
 )
 
 VALUES, BUCKET_INDEX, NODES = "state", "mbucket", "mnode"
-_NODE_KEY = struct.Struct(">BH")
-
-
-def _node_key(level: int, index: int) -> bytes:
-    return _NODE_KEY.pack(level, index)
+def _apply_updates(levels: list[dict[int, bytes]], updates: list[dict[int, bytes]]) -> None:
+    """Write ``update_top``'s new node hashes into the in-memory levels."""
+    for level, nodes in enumerate(updates):
+        cached, empty = levels[level], EMPTY_SUBTREE[level]
+        for index, h in nodes.items():
+            if h == empty:
+                cached.pop(index, None)
+            else:
+                cached[index] = h
 
 
 def _bucket_prefix(bucket: int) -> bytes:
@@ -58,9 +62,8 @@ class AppState:
         self._index = db.table(BUCKET_INDEX)
         self._node_table = db.table(NODES)
         self._levels: list[dict[int, bytes]] = [{} for _ in range(TOP_DEPTH + 1)]
-        for k, h in self._node_table.items():
-            level, index = _NODE_KEY.unpack(k)
-            self._levels[level][index] = h
+        buckets = {int.from_bytes(k, "big"): h for k, h in self._node_table.items()}
+        _apply_updates(self._levels, update_top(buckets, self._levels))
 
     @property
     def root(self) -> bytes:
@@ -98,24 +101,17 @@ class AppState:
             changed.setdefault(bucket, {})[index_key] = leaf
         roots = {bucket: self._bucket_root(bucket, leaves) for bucket, leaves in changed.items()}
         updates = update_top(roots, self._levels)
-        for level, nodes in enumerate(updates):
-            for index, h in nodes.items():
-                if h == EMPTY_SUBTREE[level]:
-                    batch.delete(self._node_table, _node_key(level, index))
-                else:
-                    batch.put(self._node_table, _node_key(level, index), h)
+        for bucket, h in roots.items():
+            if h == EMPTY_SUBTREE[0]:
+                batch.delete(self._node_table, _bucket_prefix(bucket))
+            else:
+                batch.put(self._node_table, _bucket_prefix(bucket), h)
         base_root = self.root
 
         def apply() -> None:
             if self.root != base_root:
                 raise RuntimeError("state changed after this block was staged")
-            for level, nodes in enumerate(updates):
-                cached, empty = self._levels[level], EMPTY_SUBTREE[level]
-                for index, h in nodes.items():
-                    if h == empty:
-                        cached.pop(index, None)
-                    else:
-                        cached[index] = h
+            _apply_updates(self._levels, updates)
 
         return updates[TOP_DEPTH].get(0, base_root), apply
 
@@ -126,7 +122,7 @@ class AppState:
         return bucket_root([leaf for _, leaf in sorted(leaves.items()) if leaf is not None])
 
     def snapshot(self) -> StateSnapshot:
-        return StateSnapshot(self._db.snapshot())
+        return StateSnapshot(self._db.snapshot(), [dict(level) for level in self._levels])
 
     def prove(self, key: bytes) -> MerkleProof | None:
         """Proof of ``key``'s current value against :attr:`root`; None when absent."""
@@ -137,15 +133,14 @@ class AppState:
 class StateSnapshot:
     """The state as it was when taken: reads and proofs stay valid for its root."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, levels: list[dict[int, bytes]]) -> None:
         self._snapshot = snapshot
         self._values = snapshot.table(VALUES)
         self._index = snapshot.table(BUCKET_INDEX)
-        self._node_table = snapshot.table(NODES)
+        self._levels = levels
 
     def _node(self, level: int, index: int) -> bytes:
-        h = self._node_table.get(_node_key(level, index))
-        return EMPTY_SUBTREE[level] if h is None else h
+        return self._levels[level].get(index, EMPTY_SUBTREE[level])
 
     @property
     def root(self) -> bytes:

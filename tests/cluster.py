@@ -47,6 +47,7 @@ POLL_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 5.0
 MAX_BATCH_TXS = 500
 LOG_TAIL_LINES = 25
+LOG_TAIL_MARK = "--- tail of "
 PORT_RANGE = (20000, 30000)
 """Below Linux's ephemeral range (32768+), so outgoing connections never take these."""
 
@@ -106,7 +107,10 @@ def wait_until(pred: Callable[[], T], timeout: float, what: str,
 
 
 def _pdeathsig_kill() -> None:  # pragma: no cover - runs in the child before exec
-    """Have Linux SIGKILL the child when the test process dies, so none is left over."""
+    """Have Linux SIGKILL the child when the test process dies, so none is left over.
+
+    Linux sends it when the *thread* that started the child ends, so start validators
+    from a thread that outlives them (the main thread, as pytest does)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -278,12 +282,22 @@ class Cluster:
         """``/status`` of the given (default: running) validators; raises if one does not
         answer or has crashed."""
         indices = self.running() if indices is None else list(indices)
+        found = self._answered(indices)
+        if found is None:
+            silent = [i for i in indices if self.status(i) is None]
+            raise ClusterError(f"validators {silent} do not answer /status\n{self.describe()}")
+        return found
+
+    def _answered(self, indices: Iterable[int] | None) -> dict[int, dict[str, Any]] | None:
+        """``/status`` of the given (default: running) validators, or None unless every
+        one of them answers; raises if one has crashed."""
+        indices = self.running() if indices is None else list(indices)
         self.check_alive()
         found: dict[int, dict[str, Any]] = {}
         for i in indices:
             st = self.status(i)
             if st is None:
-                raise ClusterError(f"validator {i} does not answer /status\n{self.describe()}")
+                return None
             found[i] = st
         return found
 
@@ -305,7 +319,7 @@ class Cluster:
                     f"peers={st['peers_connected']} root={st['state_root'][:16]}")
         if logs:
             for v in self.validators:
-                lines.append(f"--- tail of {v.log_path} ---\n{v.log_tail()}")
+                lines.append(f"{LOG_TAIL_MARK}{v.log_path} ---\n{v.log_tail()}")
         return "\n".join(lines)
 
     def wait_until(self, pred: Callable[[], T], what: str, timeout: float = COMMIT_TIMEOUT_S,
@@ -334,8 +348,8 @@ class Cluster:
         indices = self.running() if indices is None else list(indices)
 
         def connected() -> bool:
-            sts = self.statuses(indices)
-            return all(set(indices) - {i} <= set(st["peers_connected"])
+            sts = self._answered(indices)
+            return sts is not None and all(set(indices) - {i} <= set(st["peers_connected"])
                        for i, st in sts.items())
         self.wait_until(connected, f"validators {indices} to connect to each other", timeout)
 
@@ -347,8 +361,10 @@ class Cluster:
         indices = self.running() if indices is None else list(indices)
 
         def reached() -> dict[int, dict[str, Any]] | None:
-            sts = self.statuses(indices)
-            return sts if all(st["height"] >= height for st in sts.values()) else None
+            sts = self._answered(indices)
+            if sts is None or any(st["height"] < height for st in sts.values()):
+                return None
+            return sts
         return self.wait_until(reached, f"validators {indices} to reach height {height}",
                                timeout)
 
@@ -360,7 +376,9 @@ class Cluster:
         indices = self.running() if indices is None else list(indices)
 
         def agreed() -> tuple[int, str] | None:
-            sts = self.statuses(indices)
+            sts = self._answered(indices)
+            if sts is None:
+                return None
             self._check_roots(sts)
             heights = {st["height"] for st in sts.values()}
             if len(heights) != 1 or min(heights) < min_height:
@@ -453,7 +471,10 @@ class Cluster:
             self.check_alive()
             for i, left in missing.items():
                 while left:
-                    found = self.committed(i, left[-1])
+                    try:
+                        found = self.committed(i, left[-1])
+                    except httpx.TransportError:
+                        break  # not answering right now: ask again on the next poll
                     if found is None:
                         break
                     if found["result"] is not None:
@@ -502,7 +523,10 @@ def failure_report_plugin(cluster: Cluster, fixture: str) -> object:
                                       call: pytest.CallInfo[None]) -> Iterator[None]:
             outcome = yield
             report = outcome.get_result()  # type: ignore[attr-defined]
-            if report.failed and fixture in getattr(item, "fixturenames", ()):
-                report.sections.append(("validators", cluster.describe(logs=True)))
+            if not report.failed or fixture not in getattr(item, "fixturenames", ()):
+                return
+            if call.excinfo is not None and LOG_TAIL_MARK in str(call.excinfo.value):
+                return  # a timed-out wait already reported the logs
+            report.sections.append(("validators", cluster.describe(logs=True)))
 
     return FailureReport()

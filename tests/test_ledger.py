@@ -41,6 +41,9 @@ def test_an_empty_ledger(ledger):
     assert ledger.meta(1) is None and ledger.tx(_hash(b"tx")) is None
     assert ledger.state.root == EMPTY_ROOT
     assert ledger.latest_checkpoint() is None and list(ledger.records()) == []
+    for impossible in (-1, 2**64):
+        assert ledger.block(impossible) is None and ledger.meta(impossible) is None
+        assert ledger.certificate(impossible) is None and ledger.checkpoint(impossible) is None
 
 
 def test_commit_block_round_trips_everything_it_stores(ledger):
