@@ -25,6 +25,7 @@ from flobc.consensus.effects import (
     SetTimer,
     StableCheckpoint,
 )
+from flobc.consensus.mempool import FULL
 from flobc.consensus.messages import (
     Block,
     Blocks,
@@ -65,7 +66,7 @@ class ReplicaHost:
     def __init__(self, *, chain_id: str, public_keys: tuple[bytes, ...], index: int,
                  key: PrivateKey, params: ConsensusParams, ledger: Any, app: Application,
                  send: SendFn, set_timer: TimerFn, cancel_timer: CancelFn, now_ms: ClockFn,
-                 mempool_max_txs: int = 100_000) -> None:
+                 mempool_max_txs: int = 10_000) -> None:
         self.validators = ValidatorSet(chain_id, public_keys)
         self.replica = Replica(self.validators, index, key, params, mempool_max_txs)
         self.index = index
@@ -257,6 +258,8 @@ class ReplicaHost:
             return f"transaction is {len(tx)} bytes, limit is {self.params.max_tx_bytes}"
         if tx_hash in self.replica.mempool:
             return "transaction already in the mempool"
+        if self.replica.mempool.full:
+            return FULL  # refused before any costly check: overload must not starve consensus
         if self.ledger.tx(tx_hash) is not None:
             return "transaction already committed"
         return self.app.check_tx(tx, self.ledger.state)

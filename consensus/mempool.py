@@ -15,7 +15,7 @@ FULL = "mempool is full"
 
 
 class Mempool:
-    def __init__(self, max_txs: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_txs: int = 10_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_txs = max_txs
         self.max_bytes = max_bytes
         self._txs: OrderedDict[bytes, bytes] = OrderedDict()
@@ -27,11 +27,15 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._txs
 
+    @property
+    def full(self) -> bool:
+        return len(self._txs) >= self.max_txs or self._bytes >= self.max_bytes
+
     def add(self, tx_hash: bytes, tx: bytes) -> str | None:
         """Add a transaction; returns why it was not added, or None."""
         if tx_hash in self._txs:
             return "transaction already in the mempool"
-        if len(self._txs) >= self.max_txs or self._bytes + len(tx) > self.max_bytes:
+        if self.full or self._bytes + len(tx) > self.max_bytes:
             return FULL
         self._txs[tx_hash] = tx
         self._bytes += len(tx)

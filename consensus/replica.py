@@ -96,7 +96,7 @@ class Replica:
     """One PBFT replica. See the module docstring for the contract."""
 
     def __init__(self, validators: ValidatorSet, index: int, key: PrivateKey,
-                 params: ConsensusParams, mempool_max_txs: int = 100_000) -> None:
+                 params: ConsensusParams, mempool_max_txs: int = 10_000) -> None:
         if key.public_key != validators.public_keys[index]:
             raise ValueError(f"key does not belong to validator {index}")
         self.vs = validators

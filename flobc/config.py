@@ -118,7 +118,7 @@ class NodeConfig:
     data_dir: str = "data"
     log_format: str = "text"
     max_request_bytes: int = 1024 * 1024
-    mempool_max_txs: int = 100_000
+    mempool_max_txs: int = 10_000
 
     @property
     def genesis_path(self) -> Path:
