@@ -67,6 +67,15 @@ def _fields(raw: Any, name: str, count: int) -> list:
     return items
 
 
+def _signatures(raw: Any, name: str) -> tuple[tuple[int, bytes], ...]:
+    """A certificate's [[replica, signature], ...] list."""
+    pairs = []
+    for item in _list(raw, f"{name}.signatures", 1000):
+        r, sig = _fields(item, f"{name}.signature", 2)
+        pairs.append((_int(r, "replica"), _sig(sig)))
+    return tuple(pairs)
+
+
 # --- blocks and certificates --------------------------------------------------------
 
 
@@ -146,51 +155,39 @@ def _to_wire(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class PrePrepare(Message):
+class _Vote(Message):
+    """A replica's signed statement about the request ``digest`` at (view, seq).
+
+    PRE-PREPARE, PREPARE and COMMIT carry the same fields; the tag in what is signed
+    keeps one from ever counting as another.
+    """
+
+    view: int
+    seq: int
+    digest: bytes
+    replica: int
+    signature: bytes = b""
+
+    @classmethod
+    def from_list(cls, raw: Any) -> Any:
+        v, s, d, r, sig = _fields(raw, cls.TAG, 5)
+        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), _int(r, "replica"),
+                   _sig(sig))
+
+
+@dataclass(frozen=True)
+class PrePrepare(_Vote):
     TAG = "preprepare"
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    signature: bytes = b""
-
-    @classmethod
-    def from_list(cls, raw: Any) -> PrePrepare:
-        v, s, d, r, sig = _fields(raw, cls.TAG, 5)
-        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), _int(r, "replica"),
-                   _sig(sig))
 
 
 @dataclass(frozen=True)
-class Prepare(Message):
+class Prepare(_Vote):
     TAG = "prepare"
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    signature: bytes = b""
-
-    @classmethod
-    def from_list(cls, raw: Any) -> Prepare:
-        v, s, d, r, sig = _fields(raw, cls.TAG, 5)
-        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), _int(r, "replica"),
-                   _sig(sig))
 
 
 @dataclass(frozen=True)
-class Commit(Message):
+class Commit(_Vote):
     TAG = "commit"
-    view: int
-    seq: int
-    digest: bytes
-    replica: int
-    signature: bytes = b""
-
-    @classmethod
-    def from_list(cls, raw: Any) -> Commit:
-        v, s, d, r, sig = _fields(raw, cls.TAG, 5)
-        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), _int(r, "replica"),
-                   _sig(sig))
 
 
 @dataclass(frozen=True)
@@ -291,11 +288,8 @@ class CommitCertificate:
     @classmethod
     def from_list(cls, raw: Any) -> CommitCertificate:
         v, s, d, sigs = _fields(raw, "certificate", 4)
-        pairs = []
-        for item in _list(sigs, "certificate.signatures", 1000):
-            r, sig = _fields(item, "certificate.signature", 2)
-            pairs.append((_int(r, "replica"), _sig(sig)))
-        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), tuple(pairs))
+        return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"),
+                   _signatures(sigs, "certificate"))
 
     def encode(self) -> bytes:
         return codec.pack(self.field_values())
@@ -322,11 +316,8 @@ class CheckpointCertificate:
     @classmethod
     def from_list(cls, raw: Any) -> CheckpointCertificate:
         s, root, sigs = _fields(raw, "checkpoint_certificate", 3)
-        pairs = []
-        for item in _list(sigs, "checkpoint_certificate.signatures", 1000):
-            r, sig = _fields(item, "checkpoint_certificate.signature", 2)
-            pairs.append((_int(r, "replica"), _sig(sig)))
-        return cls(_int(s, "seq"), _digest(root, "state_root"), tuple(pairs))
+        return cls(_int(s, "seq"), _digest(root, "state_root"),
+                   _signatures(sigs, "checkpoint_certificate"))
 
     def encode(self) -> bytes:
         return codec.pack(self.field_values())

@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ import httpx
 
 from flobc import codec
 from flobc.crypto import PrivateKey
+from flobc.localnet import free_port_range
 from flobc.validator.kvstore import KV_PREFIX, make_tx
 
 T = TypeVar("T")
@@ -48,7 +47,6 @@ HTTP_TIMEOUT_S = 5.0
 MAX_BATCH_TXS = 500
 LOG_TAIL_LINES = 25
 LOG_TAIL_MARK = "--- tail of "
-PORT_RANGE = (20000, 30000)
 """Below Linux's ephemeral range (32768+), so outgoing connections never take these."""
 
 
@@ -66,25 +64,6 @@ def run_flobc(*args: object, timeout: float = 120.0) -> subprocess.CompletedProc
     """Run ``flobc ARGS`` to completion and return it (text output captured)."""
     return subprocess.run(flobc_command(*args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def free_base_port(count: int, attempts: int = 200) -> int:
-    """A port such that ``count`` consecutive ports from it can be bound on 127.0.0.1."""
-    low, high = PORT_RANGE
-    for _ in range(attempts):
-        base = random.randrange(low, high - count)
-        if all(_port_free(port) for port in range(base, base + count)):
-            return base
-    raise ClusterError(f"found no {count} consecutive free ports in {low}..{high}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_until(pred: Callable[[], T], timeout: float, what: str,
@@ -163,7 +142,7 @@ class Cluster:
         ``checkpoint_interval=4``). Logs go to ``log_dir`` (default: ``out``) as
         ``validator-i.log``; restarts append to the same file.
         """
-        base = free_base_port(2 * validators)
+        base = free_port_range(2 * validators)
         options = [arg for name, value in params.items()
                    for arg in (f"--{name.replace('_', '-')}", value)]
         init = run_flobc("testnet", "init", "--validators", validators, "--out", out,
