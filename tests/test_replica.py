@@ -1,0 +1,170 @@
+"""The sans-IO replica on its own: messages and timers in, effects out, no I/O at all."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from flobc.config import ConsensusParams
+from flobc.consensus.effects import Effect, Execute, Persist, Send
+from flobc.consensus.messages import (
+    Block,
+    Commit,
+    Message,
+    Prepare,
+    PrePrepare,
+    Proposal,
+    ViewChange,
+)
+from flobc.consensus.replica import BATCH, RESEND, Recovery, Replica
+from flobc.consensus.validators import ValidatorSet
+from flobc.crypto import PrivateKey, sha256
+
+CHAIN = "replica-test"
+KEYS = [PrivateKey(bytes([i + 1]) * 32) for i in range(4)]
+VS = ValidatorSet(CHAIN, [k.public_key for k in KEYS])
+PARAMS = ConsensusParams(checkpoint_interval=4, window=16, max_clock_skew_ms=1000)
+T0 = 1_700_000_000_000
+
+
+def replica(index: int, records: dict[bytes, bytes] | None = None) -> Replica:
+    r = Replica(VS, index, KEYS[index], PARAMS)
+    r.start(T0, Recovery(records=records or {}))
+    return r
+
+
+def proposal(seq: int, time_ms: int, txs: tuple[bytes, ...] = (b"tx",), view: int = 0,
+             signer: int = 0) -> Proposal:
+    block = Block(seq, time_ms, signer, txs)
+    pp = PrePrepare(view, seq, block.digest(), signer).signed(KEYS[signer], CHAIN)
+    return Proposal(pp, block)  # type: ignore[arg-type]
+
+
+def sent(effects: list[Effect], kind: type) -> list[Message]:
+    return [e.message for e in effects if isinstance(e, Send) and isinstance(e.message, kind)]
+
+
+def persisted(effects: list[Effect]) -> dict[bytes, bytes]:
+    return {k: v for e in effects if isinstance(e, Persist) for k, v in e.puts}
+
+
+def test_backup_persists_its_prepare_before_sending_it() -> None:
+    effects = replica(1).on_message(T0, proposal(1, T0))
+    kinds = [type(e) for e in effects]
+    assert Persist in kinds
+    [prepare] = sent(effects, Prepare)
+    send_at = next(i for i, e in enumerate(effects) if isinstance(e, Send))
+    assert kinds.index(Persist) < send_at
+    assert VS.verify(prepare) and prepare.seq == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("skew", [PARAMS.max_clock_skew_ms + 1, -PARAMS.max_clock_skew_ms - 1])
+def test_backup_refuses_a_block_time_far_from_its_clock(skew: int) -> None:
+    assert sent(replica(1).on_message(T0, proposal(1, T0 + skew)), Prepare) == []
+
+
+def test_backup_refuses_a_block_time_that_goes_backwards() -> None:
+    r = replica(1)
+    assert sent(r.on_message(T0, proposal(1, T0)), Prepare)
+    assert sent(r.on_message(T0, proposal(2, T0 - 1, (b"tx2",))), Prepare) == []
+    assert sent(r.on_message(T0, proposal(2, T0, (b"tx2",))), Prepare)
+
+
+def test_backup_refuses_a_proposal_from_a_non_primary_or_badly_signed() -> None:
+    r = replica(1)
+    assert sent(r.on_message(T0, proposal(1, T0, signer=2)), Prepare) == []
+    good = proposal(1, T0)
+    forged = Proposal(PrePrepare(0, 1, good.pre_prepare.digest, 0, b"\x00" * 64), good.block)
+    assert sent(r.on_message(T0, forged), Prepare) == []
+    other = proposal(1, T0, (b"other",))
+    mismatched = Proposal(other.pre_prepare, good.block)
+    assert sent(r.on_message(T0, mismatched), Prepare) == []
+
+
+def test_proposals_outside_the_watermark_window_are_ignored() -> None:
+    r = replica(1)
+    assert sent(r.on_message(T0, proposal(PARAMS.window + 1, T0)), Prepare) == []
+    assert sent(r.on_message(T0, proposal(PARAMS.window, T0)), Prepare)
+
+
+def test_an_equivocating_primary_is_voted_out() -> None:
+    r = replica(1)
+    r.on_message(T0, proposal(1, T0))
+    effects = r.on_message(T0, proposal(1, T0, (b"something else",)))
+    [vc] = sent(effects, ViewChange)
+    assert vc.view == 1 and VS.verify(vc)  # type: ignore[attr-defined]
+    assert sent(effects, Prepare) == []
+    # Its prepared-nothing view change is persisted before it is sent.
+    assert b"vc" in persisted(effects)
+
+
+def test_a_restarted_backup_never_prepares_a_conflicting_block() -> None:
+    first = replica(1)
+    records = persisted(first.on_message(T0, proposal(1, T0)))
+    assert sent(first.on_message(T0, proposal(1, T0)), Prepare) == [], "no second answer"
+
+    restarted = replica(1, records)
+    effects = restarted.on_message(T0, proposal(1, T0, (b"conflicting",)))
+    assert sent(effects, Prepare) == [], "it must remember what it prepared"
+    assert sent(effects, ViewChange), "and treat the conflicting proposal as equivocation"
+
+
+def test_a_restarted_backup_resends_byte_identical_votes() -> None:
+    first = replica(1)
+    effects = first.on_message(T0, proposal(1, T0))
+    [original] = sent(effects, Prepare)
+    restarted = replica(1, persisted(effects))
+    [resent] = sent(restarted.on_timer(T0, RESEND), Prepare)
+    assert resent == original
+
+
+def test_prepares_with_bad_signatures_do_not_count() -> None:
+    r = replica(1)
+    prop = proposal(1, T0)
+    r.on_message(T0, prop)
+    digest = prop.pre_prepare.digest
+    bad = Prepare(0, 1, digest, 2, b"\x01" * 64)
+    assert sent(r.on_message(T0, bad), Commit) == []
+    good = Prepare(0, 1, digest, 2).signed(KEYS[2], CHAIN)
+    assert sent(r.on_message(T0, good), Commit), "2f prepares from backups prepare it"
+
+
+class Router:
+    """Delivers every Send at once to the replicas that are up; collects Executes."""
+
+    def __init__(self, replicas: dict[int, Replica]) -> None:
+        self.replicas = replicas
+        self.executed: dict[int, list[Execute]] = {i: [] for i in replicas}
+
+    def run(self, source: int, effects: list[Effect]) -> None:
+        queue = deque((source, e) for e in effects)
+        while queue:
+            frm, effect = queue.popleft()
+            if isinstance(effect, Execute):
+                self.executed[frm].append(effect)
+                block = effect.block
+                root = sha256(block.digest())
+                queue.extend((frm, e) for e in self.replicas[frm].on_executed(
+                    T0, block.height, root, block.time_ms))
+            elif isinstance(effect, Send):
+                targets = [effect.to] if effect.to is not None else [
+                    i for i in self.replicas if i != frm]
+                for i in targets:
+                    if i in self.replicas:
+                        queue.extend((i, e) for e in self.replicas[i].on_message(
+                            T0, effect.message))
+
+
+def test_a_quorum_commits_with_a_verifiable_certificate_and_one_crash_is_tolerated() -> None:
+    replicas = {i: replica(i) for i in (0, 1, 2)}  # validator 3 is down
+    router = Router(replicas)
+    txs = [(sha256(b"tx%d" % i), b"tx%d" % i) for i in range(3)]
+    _, effects = replicas[0].add_txs(T0, txs)
+    router.run(0, effects)
+    router.run(0, replicas[0].on_timer(T0, BATCH))
+    for i in replicas:
+        [execute] = router.executed[i]
+        assert execute.block.txs == tuple(tx for _, tx in txs)
+        assert VS.commit_certificate_error(execute.certificate, execute.block) is None
+        assert len(replicas[i].mempool) == 0
