@@ -191,7 +191,7 @@ class Garbage(Behaviour):
             lambda: codec.pack(["status", 1, 0, 1, me]),
             lambda: b"\x91" * 200 + b"\x90",  # lists nested 200 deep
             lambda: b"\xdd\xff\xff\xff\xff",  # claims 4 billion items
-            lambda: encode_message(Transactions((rng.randbytes(40), b""), me)),
+            lambda: encode_message(Transactions((rng.randbytes(40), b""), (), me)),
             lambda: encode_message(FetchBlocks(0, 2**62, me)),
             lambda: encode_message(Status(2**62, 2**62, False, me)),
         ]

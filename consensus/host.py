@@ -16,7 +16,8 @@ from typing import Any
 
 from flobc import codec
 from flobc.config import ConsensusParams
-from flobc.consensus.application import Application
+from flobc.consensus.application import Application, BlockState, CommittedState
+from flobc.consensus.availability import Availability
 from flobc.consensus.effects import (
     CancelTimer,
     Effect,
@@ -27,20 +28,23 @@ from flobc.consensus.effects import (
 )
 from flobc.consensus.mempool import FULL
 from flobc.consensus.messages import (
+    BlobData,
     Block,
     Blocks,
     CertifiedBlock,
     CheckpointCertificate,
     CommitCertificate,
+    FetchBlobs,
     FetchBlocks,
     Message,
     MessageError,
+    Proposal,
     Status,
     Transactions,
     decode_message,
     encode_message,
 )
-from flobc.consensus.replica import FETCH_BATCH, Recovery, Replica
+from flobc.consensus.replica import FETCH_BATCH, RESEND, Recovery, Replica
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey, sha256
 
@@ -55,7 +59,7 @@ ClockFn = Callable[[], int]
 """now_ms(): wall-clock milliseconds (block time stamps and skew checks)."""
 
 MAX_FETCH_BYTES = 4 * 1024 * 1024
-UNSIGNED = (Status, FetchBlocks, Blocks, Transactions)
+UNSIGNED = (Status, FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData)
 """Messages trusted only as far as the authenticated connection they came over."""
 DUPLICATE = "duplicate transaction"
 
@@ -82,6 +86,9 @@ class ReplicaHost:
         self._proof: tuple[int, bytes, Any] | None = None
         self._on_commit: list[Callable[[int], None]] = []
         self._view_seen = (0, False, 0)
+        self.availability = Availability(ledger, app, index, send)
+        self.committed = CommittedState(ledger)
+        """Read-only committed state and blobs, as check_tx and queries see them."""
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -111,20 +118,37 @@ class ReplicaHost:
         if isinstance(msg, FetchBlocks):
             self._answer_fetch(msg)
         elif isinstance(msg, Transactions):
-            self._admit(list(msg.txs), gossip=False)
+            self._admit(list(msg.txs), list(msg.blobs), gossip=False)
+        elif isinstance(msg, FetchBlobs):
+            self.availability.answer(msg)
+        elif isinstance(msg, BlobData):
+            self._blobs_arrived(msg)
+        elif isinstance(msg, Proposal) and (missing := self.availability.missing(msg.block.txs)):
+            self.availability.hold_proposal(msg, missing)
         else:
             self._run(self.replica.on_message(self.now_ms(), msg))
 
+    def _blobs_arrived(self, msg: BlobData) -> None:
+        self.availability.store(msg)
+        for execute in self.availability.ready_executions():  # in order, already released
+            self._run(self._execute(execute.block, execute.certificate))
+        for proposal in self.availability.ready_proposals():
+            self._run(self.replica.on_message(self.now_ms(), proposal))
+
     def on_timer(self, name: str) -> None:
+        if name == RESEND:
+            self.availability.retry()
         self._run(self.replica.on_timer(self.now_ms(), name))
 
     def submit_tx(self, tx: bytes) -> tuple[bytes, str | None]:
         """Admit a client transaction: returns (tx_hash, None) or (tx_hash, reason refused)."""
         return self.submit_txs([tx])[0]
 
-    def submit_txs(self, txs: list[bytes]) -> list[tuple[bytes, str | None]]:
-        """Admit client transactions and gossip the accepted ones to every peer."""
-        return self._admit(txs, gossip=True)
+    def submit_txs(self, txs: list[bytes], blobs: list[bytes] | None = None
+                   ) -> list[tuple[bytes, str | None]]:
+        """Admit client transactions, with the blobs they refer to, and gossip the
+        accepted ones (and their blobs) to every peer."""
+        return self._admit(txs, blobs or [], gossip=True)
 
     def on_commit(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(height)`` after each block is executed and stored."""
@@ -177,7 +201,10 @@ class ReplicaHost:
                     deletes += more.deletes  # type: ignore[union-attr]
                 self.ledger.write_records(puts, deletes)
             elif isinstance(effect, Execute):
-                queue.extend(self._execute(effect.block, effect.certificate))
+                if self.availability.executions or self.availability.missing(effect.block.txs):
+                    self.availability.hold_execution(effect)
+                else:
+                    queue.extend(self._execute(effect.block, effect.certificate))
             elif isinstance(effect, SetTimer):
                 self._set_timer(effect.name, effect.delay_ms)
             elif isinstance(effect, CancelTimer):
@@ -199,20 +226,22 @@ class ReplicaHost:
                 fresh.append(i)
             seen.add(h)
         overlay = self.ledger.state.overlay()
+        state = BlockState(self.ledger, overlay)
         outcome = self.app.execute_block(height, block_time, [block.txs[i] for i in fresh],
-                                         overlay)
+                                         state)
         results = [DUPLICATE] * len(hashes)
         for i, reason in zip(fresh, outcome, strict=True):
             results[i] = reason  # type: ignore[call-overload]
         root = self.ledger.commit_block(
             height, block.encode(), cert.encode(), cert.digest, block_time, hashes,
-            [codec.pack(r) for r in results], overlay)
-        if height % self.params.checkpoint_interval == 0:
+            [codec.pack(r) for r in results], overlay, state.new_blobs)
+        checkpoint = state.checkpoint_requested or height % self.params.checkpoint_interval == 0
+        if checkpoint:
             self._snapshots[height] = self.ledger.state.snapshot()
             self._use_snapshot()
         for callback in self._on_commit:
             callback(height)
-        return self.replica.on_executed(self.now_ms(), height, root, block_time)
+        return self.replica.on_executed(self.now_ms(), height, root, block_time, checkpoint)
 
     def _stable(self, seq: int, cert: bytes) -> None:
         self.ledger.put_checkpoint(seq, cert)
@@ -232,12 +261,14 @@ class ReplicaHost:
 
     # --- transactions and state transfer ------------------------------------------------
 
-    def _admit(self, txs: list[bytes], gossip: bool) -> list[tuple[bytes, str | None]]:
+    def _admit(self, txs: list[bytes], blobs: list[bytes],
+               gossip: bool) -> list[tuple[bytes, str | None]]:
+        given = {sha256(b): b for b in blobs}
         checked: list[tuple[bytes, bytes]] = []
         results: list[tuple[bytes, str | None]] = []
         for tx in txs:
             h = sha256(tx)
-            reason = self._tx_error(h, tx)
+            reason = self._tx_error(h, tx, given)
             results.append((h, reason))
             if reason is None:
                 checked.append((h, tx))
@@ -246,14 +277,17 @@ class ReplicaHost:
         reasons, effects = self.replica.add_txs(self.now_ms(), checked)
         accepted = dict(zip([h for h, _ in checked], reasons, strict=True))
         results = [(h, r if r is not None else accepted.get(h)) for h, r in results]
-        if gossip:
-            fresh = tuple(tx for h, tx in checked if accepted[h] is None)
-            if fresh:
-                self._send(None, encode_message(Transactions(fresh, self.index)))
+        fresh = [tx for h, tx in checked if accepted[h] is None]
+        needed = {d: given[d] for tx in fresh for d in self.app.required_blobs(tx) if d in given}
+        for blob in needed.values():
+            self.ledger.put_blob(blob)
+        if gossip and fresh:
+            self._send(None, encode_message(
+                Transactions(tuple(fresh), tuple(needed.values()), self.index)))
         self._run(effects)
         return results
 
-    def _tx_error(self, tx_hash: bytes, tx: bytes) -> str | None:
+    def _tx_error(self, tx_hash: bytes, tx: bytes, given: dict[bytes, bytes]) -> str | None:
         if len(tx) > self.params.max_tx_bytes:
             return f"transaction is {len(tx)} bytes, limit is {self.params.max_tx_bytes}"
         if tx_hash in self.replica.mempool:
@@ -262,7 +296,11 @@ class ReplicaHost:
             return FULL  # refused before any costly check: overload must not starve consensus
         if self.ledger.tx(tx_hash) is not None:
             return "transaction already committed"
-        return self.app.check_tx(tx, self.ledger.state)
+        for digest in self.app.required_blobs(tx):
+            if digest not in given and not self.ledger.has_blob(digest):
+                return f"blob {digest.hex()} is missing: send it with the transaction"
+        return self.app.check_tx(tx, CommittedState(self.ledger, given) if given
+                                 else self.committed)
 
     def _answer_fetch(self, msg: FetchBlocks) -> None:
         top = self.ledger.height

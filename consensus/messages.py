@@ -385,17 +385,53 @@ class Blocks(Message):
 
 @dataclass(frozen=True)
 class Transactions(Message):
-    """Transactions gossiped between mempools so that any primary can propose them."""
+    """Transactions gossiped between mempools so that any primary can propose them,
+    with the blobs they refer to (data availability travels with the transaction)."""
 
     TAG = "txs"
     SIGNED = False
     txs: tuple[bytes, ...]
+    blobs: tuple[bytes, ...]
     replica: int
 
     @classmethod
     def from_list(cls, raw: Any) -> Transactions:
-        txs, r = _fields(raw, cls.TAG, 2)
-        return cls(tuple(_bytes(t, "tx") for t in _list(txs, "txs")), _int(r, "replica"))
+        txs, blobs, r = _fields(raw, cls.TAG, 3)
+        return cls(tuple(_bytes(t, "tx") for t in _list(txs, "txs")),
+                   tuple(_bytes(b, "blob") for b in _list(blobs, "blobs", 1000)),
+                   _int(r, "replica"))
+
+
+@dataclass(frozen=True)
+class FetchBlobs(Message):
+    """Ask a peer for blobs by digest (ones a proposal or a committed block needs)."""
+
+    TAG = "fetchblobs"
+    SIGNED = False
+    digests: tuple[bytes, ...]
+    replica: int
+
+    @classmethod
+    def from_list(cls, raw: Any) -> FetchBlobs:
+        digests, r = _fields(raw, cls.TAG, 2)
+        return cls(tuple(_digest(d, "digest") for d in _list(digests, "digests", 1000)),
+                   _int(r, "replica"))
+
+
+@dataclass(frozen=True)
+class BlobData(Message):
+    """Blobs answering :class:`FetchBlobs`; each is checked against its digest."""
+
+    TAG = "blobdata"
+    SIGNED = False
+    blobs: tuple[bytes, ...]
+    replica: int
+
+    @classmethod
+    def from_list(cls, raw: Any) -> BlobData:
+        blobs, r = _fields(raw, cls.TAG, 2)
+        return cls(tuple(_bytes(b, "blob") for b in _list(blobs, "blobs", 1000)),
+                   _int(r, "replica"))
 
 
 @dataclass(frozen=True)
@@ -423,7 +459,7 @@ class Status(Message):
 MESSAGE_TYPES: dict[str, type] = {
     cls.TAG: cls
     for cls in (PrePrepare, Prepare, Commit, Checkpoint, Proposal, ViewChange, NewView,
-                FetchBlocks, Blocks, Transactions, Status)
+                FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData, Status)
 }
 
 

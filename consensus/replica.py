@@ -199,9 +199,14 @@ class Replica:
             self._out.append(SetTimer(RESEND, self._resend_interval))
         return self._flush()
 
-    def on_executed(self, now: int, height: int, state_root: bytes,
-                    block_time: int) -> list[Effect]:
-        """The host executed block ``height`` (in order) and reports its state root."""
+    def on_executed(self, now: int, height: int, state_root: bytes, block_time: int,
+                    checkpoint: bool = False) -> list[Effect]:
+        """The host executed block ``height`` (in order) and reports its state root.
+
+        A checkpoint is taken every ``checkpoint_interval`` blocks, and also at any height
+        where the application asked for one (``checkpoint``), which every correct replica
+        does alike because execution is deterministic.
+        """
         block, _ = self.ready.pop(height)
         self.executed = height
         self.last_block_time = block_time
@@ -210,7 +215,7 @@ class Replica:
         self.proposed_txs.pop(height, None)
         if not self.in_view_change:
             self.vc_attempts = 0
-        if height % self.params.checkpoint_interval == 0:
+        if checkpoint or height % self.params.checkpoint_interval == 0:
             cp = Checkpoint(height, state_root, self.index).signed(self.key, self.vs.chain_id)
             self.own_checkpoint = cp  # type: ignore[assignment]
             self._send(cp)
@@ -422,7 +427,7 @@ class Replica:
     # --- checkpoints and garbage collection ------------------------------------------
 
     def _on_checkpoint(self, now: int, cp: Checkpoint) -> None:
-        if cp.seq <= self.stable_seq or cp.seq % self.params.checkpoint_interval:
+        if cp.seq <= self.stable_seq:
             return
         votes = self.checkpoints.get(cp.seq, {})
         if cp.replica in votes or not self.vs.verify(cp):
@@ -638,7 +643,7 @@ class Replica:
         held = [(h, tx) for h, tx in self.mempool.items() if h in self.stale_txs]
         held = held[: self.params.max_block_txs]
         if held:
-            self._send(Transactions(tuple(tx for _, tx in held), self.index))
+            self._send(Transactions(tuple(tx for _, tx in held), (), self.index))
         self.stale_txs = {h for h, _ in self.mempool.batch(self.params.max_block_txs,
                                                            self.params.max_block_bytes)}
         if self.in_view_change:

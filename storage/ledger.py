@@ -83,8 +83,10 @@ class Ledger:
 
     def commit_block(self, height: int, block: bytes, certificate: bytes, block_hash: bytes,
                      time_ms: int, tx_hashes: list[bytes], results: list[bytes],
-                     overlay: StateOverlay) -> bytes:
+                     overlay: StateOverlay, blobs: dict[bytes, bytes] | None = None) -> bytes:
         """Store block ``height`` and its effects in one synced batch; return the new root.
+
+        ``blobs`` (digest -> data) are blobs the block created, stored in the same batch.
 
         Refuses, writing nothing, anything but the next height or mismatched lists.
         """
@@ -102,6 +104,10 @@ class Ledger:
         batch = self.db.batch()
         for index, (tx_hash, result) in enumerate(zip(tx_hashes, results, strict=True)):
             batch.put(self._txs, tx_hash, codec.pack([height, index, result]))
+        for digest, data in (blobs or {}).items():
+            if sha256(data) != digest:
+                raise ValueError("blob does not match its digest")
+            batch.put(self._blobs, digest, data)
         root, apply = self.state.stage(overlay, batch)
         batch.put(self._blocks, key, block)
         batch.put(self._certificates, key, certificate)

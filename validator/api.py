@@ -127,7 +127,7 @@ def create_api(node: ApiNode) -> FastAPI:
     async def get_kv(key: str) -> dict[str, Any]:
         """The value (hex) stored under a UTF-8 key by the key-value application."""
         try:
-            answer = node.app.query("kv", {"key": key}, node.ledger.state)
+            answer = node.app.query("kv", {"key": key}, node.host.committed)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
         if answer["value"] is None:

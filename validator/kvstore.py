@@ -94,6 +94,9 @@ def _nonce_key(tx: KVTx) -> bytes:
 class KVStore:
     """The key-value application (implements consensus.application.Application)."""
 
+    def required_blobs(self, tx: bytes) -> list[bytes]:
+        return []
+
     def check_tx(self, tx: bytes, state: StateReader) -> str | None:
         parsed = decode_tx(tx)
         if isinstance(parsed, str):
