@@ -1,0 +1,89 @@
+"""What the framework asks of a model: get and set weights, fit, evaluate.
+
+Trainers and validators only move ``list[np.ndarray]`` weights, so any model
+that implements ``Learner`` takes part; ``KerasLearner`` adapts a compiled Keras
+model. Training is made as reproducible as TensorFlow on CPU allows (seeded,
+with our own shuffling and a fresh optimizer state per call), but it is not
+promised to be bit-exact: only aggregation, done in numpy, has to be.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from flobc.ml.weights import WeightsError, spec
+
+if TYPE_CHECKING:
+    import keras
+
+EVAL_BATCH_SIZE = 256
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """A model as the framework sees it."""
+
+    def get_weights(self) -> list[np.ndarray]:
+        """A copy of the current weights."""
+        ...
+
+    def set_weights(self, ws: list[np.ndarray]) -> None:
+        """Replace the weights; dtypes and shapes must be the model's."""
+        ...
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
+            seed: int) -> dict[str, float]:
+        """Train in place; return the last epoch's ``loss``, ``accuracy`` and ``samples``."""
+        ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """``loss`` and ``accuracy`` of the current weights on (x, y)."""
+        ...
+
+
+class KerasLearner:
+    """``Learner`` for a compiled Keras 3 model (see ``flobc.ml.models``)."""
+
+    def __init__(self, model: keras.Model) -> None:
+        if not model.compiled:
+            raise ValueError("the Keras model must be compiled")
+        self.model = model
+        self._spec = spec(model.get_weights())
+        model.optimizer.build(model.trainable_variables)
+        self._fresh_optimizer = [v.numpy() for v in model.optimizer.variables]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.asarray(w) for w in self.model.get_weights()]
+
+    def set_weights(self, ws: list[np.ndarray]) -> None:
+        if spec(ws) != self._spec:
+            raise WeightsError(f"weights {spec(ws)} do not match the model's {self._spec}")
+        self.model.set_weights(ws)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
+            seed: int) -> dict[str, float]:
+        import keras
+
+        if epochs < 1 or len(x) == 0:
+            raise ValueError("fit needs at least one epoch and one sample")
+        keras.utils.set_random_seed(seed)
+        # A fresh optimizer, so that a fit depends on the weights it starts from
+        # and not on earlier rounds.
+        for variable, value in zip(self.model.optimizer.variables, self._fresh_optimizer,
+                                   strict=True):
+            variable.assign(value)
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            order = rng.permutation(len(x))
+            history = self.model.fit(x[order], y[order], batch_size=batch_size, epochs=1,
+                                     shuffle=False, verbose=0)
+        return {"loss": float(history.history["loss"][-1]),
+                "accuracy": float(history.history["accuracy"][-1]),
+                "samples": len(x)}
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        result = self.model.evaluate(x, y, batch_size=EVAL_BATCH_SIZE, verbose=0,
+                                     return_dict=True)
+        return {"loss": float(result["loss"]), "accuracy": float(result["accuracy"])}

@@ -1,0 +1,252 @@
+"""Datasets, the role split and the partitioners, on the embedded MNIST sample."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flobc.ml.data import (
+    Dataset,
+    DatasetError,
+    Splits,
+    load_dataset,
+    split,
+    split_indices,
+    validator_shard,
+)
+from flobc.ml.partition import dirichlet, iid, label_shards, partition
+
+
+@cache
+def mnist_5k() -> Dataset:
+    return load_dataset()
+
+
+@cache
+def default_splits() -> Splits:
+    return split(mnist_5k(), seed=0)
+
+
+def _image_keys(ds: Dataset) -> set[bytes]:
+    return {image.tobytes() for image in ds.x}
+
+
+def test_embedded_sample_is_balanced_mnist() -> None:
+    ds = mnist_5k()
+    assert ds.x.shape == (5000, 28, 28, 1) and ds.x.dtype == np.float32
+    assert ds.y.shape == (5000,) and ds.y.dtype == np.int64
+    assert ds.x.min() == 0.0 and ds.x.max() == 1.0
+    assert np.bincount(ds.y).tolist() == [500] * 10
+    assert len(_image_keys(ds)) == 5000  # no duplicate images
+    # Digits are dark backgrounds with a few bright strokes.
+    assert 0.1 < ds.x.mean() < 0.15 and (ds.x > 0.5).mean() < 0.15
+
+
+def test_default_split_sizes_and_strata() -> None:
+    parts = default_splits()
+    for ds, per_class in [(parts.train, 400), (parts.validator_holdout, 50), (parts.test, 50)]:
+        assert np.bincount(ds.y).tolist() == [per_class] * 10
+
+
+def test_split_parts_are_disjoint_and_cover_the_data() -> None:
+    train, holdout, test = split_indices(mnist_5k().y, test_fraction=0.1,
+                                         validator_fraction=0.1, seed=0)
+    assert np.array_equal(np.sort(np.concatenate([train, holdout, test])), np.arange(5000))
+    parts = default_splits()
+    keys = [_image_keys(ds) for ds in (parts.train, parts.validator_holdout, parts.test)]
+    assert sum(map(len, keys)) == len(set().union(*keys)) == 5000  # no image in two parts
+    assert np.array_equal(parts.test.x, mnist_5k().subset(test).x)
+
+
+def test_split_is_fixed_by_the_seed() -> None:
+    y = mnist_5k().y
+    first = split_indices(y, test_fraction=0.1, validator_fraction=0.1, seed=7)
+    again = split_indices(y, test_fraction=0.1, validator_fraction=0.1, seed=7)
+    other = split_indices(y, test_fraction=0.1, validator_fraction=0.1, seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[2], other[2])
+
+
+def test_split_fractions() -> None:
+    parts = split(mnist_5k(), test_fraction=0.2, validator_fraction=0.0, seed=1)
+    assert (len(parts.train), len(parts.validator_holdout), len(parts.test)) == (4000, 0, 1000)
+    for bad in [(-0.1, 0.1), (0.1, 1.0), (0.5, 0.5)]:
+        with pytest.raises(ValueError, match="fraction"):
+            split(mnist_5k(), test_fraction=bad[0], validator_fraction=bad[1], seed=0)
+
+
+def test_validator_shards_are_disjoint_covering_and_stratified() -> None:
+    holdout = default_splits().validator_holdout
+    shards = [validator_shard(holdout, i, 4) for i in range(4)]
+    assert sorted(len(s) for s in shards) == [125] * 4
+    keys = [_image_keys(s) for s in shards]
+    assert set().union(*keys) == _image_keys(holdout) and sum(map(len, keys)) == 500
+    counts = np.array([np.bincount(s.y, minlength=10) for s in shards])
+    assert counts.max() - counts.min() <= 1
+    assert np.array_equal(validator_shard(holdout, 2, 4).x, shards[2].x)
+    with pytest.raises(ValueError, match=r"validator index must be in 0..3, got 4"):
+        validator_shard(holdout, 4, 4)
+
+
+def test_load_local_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 9, 9, 3], dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", x=images, y=labels)
+    ds = load_dataset("file", str(tmp_path / "u8.npz"))
+    assert ds.x.shape == (6, 28, 28, 1) and ds.y.tolist() == labels.tolist()
+    assert np.array_equal(ds.x[..., 0] * 255, images.astype(np.float32))
+    floats = images[..., np.newaxis] / 255.0
+    np.savez(tmp_path / "f64.npz", x=floats, y=labels.astype(np.int32))
+    assert np.array_equal(load_dataset("file", str(tmp_path / "f64.npz")).x, ds.x)
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"x": np.zeros((2, 28, 28), np.uint8)}, "needs arrays 'x' and 'y'"),
+    ({"x": np.zeros((2, 28, 27), np.uint8), "y": np.zeros(2, np.int64)}, "got (2, 28, 27)"),
+    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.zeros(3, np.int64)}, "shape (2,), got (3,)"),
+    ({"x": np.zeros((0, 28, 28), np.uint8), "y": np.zeros(0, np.int64)}, "no samples"),
+    ({"x": np.zeros((1, 28, 28), np.uint8), "y": np.array([10])}, "labels must be in 0..9"),
+    ({"x": np.zeros((1, 28, 28), np.uint8), "y": np.array([1.0])}, "labels must be integers"),
+    ({"x": np.full((1, 28, 28), 2.0), "y": np.array([1])}, "finite and in [0, 1]"),
+    ({"x": np.full((1, 28, 28), np.nan), "y": np.array([1])}, "finite and in [0, 1]"),
+    ({"x": np.zeros((1, 28, 28), np.int16), "y": np.array([1])}, "uint8 or float, got int16"),
+    ({"x": np.array([None] * 784).reshape(1, 28, 28), "y": np.array([1])}, "pickle"),
+])
+def test_bad_local_files_are_refused(tmp_path: Path, arrays: dict[str, np.ndarray],
+                                     message: str) -> None:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("file", str(tmp_path / "bad.npz"))
+    assert message in str(info.value)
+
+
+def test_files_that_are_not_npz_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    for name, message in [("plain.npy", "not an .npz archive"), ("junk.npz", "not a readable"),
+                          ("missing.npz", "not a readable")]:
+        with pytest.raises(DatasetError, match=message):
+            load_dataset("file", str(tmp_path / name))
+
+
+def test_dataset_names_and_paths() -> None:
+    with pytest.raises(DatasetError, match="known datasets: mnist_5k, mnist, file"):
+        load_dataset("cifar10")
+    with pytest.raises(DatasetError, match="a path is needed with dataset 'file'"):
+        load_dataset("file")
+    with pytest.raises(DatasetError, match="and only with it"):
+        load_dataset("mnist_5k", "somewhere.npz")
+
+
+def test_dataset_checks_its_arrays() -> None:
+    with pytest.raises(DatasetError, match="images must be float32"):
+        Dataset(np.zeros((1, 28, 28, 1), np.float64), np.zeros(1, np.int64))
+    with pytest.raises(DatasetError, match="labels must be int64"):
+        Dataset(np.zeros((2, 28, 28, 1), np.float32), np.zeros(1, np.int64))
+
+
+# Partitioners, on the labels of the default training split.
+
+def train_labels() -> np.ndarray:
+    return default_splits().train.y
+
+
+def _label_distance(parts: list[np.ndarray], labels: np.ndarray) -> float:
+    """Mean total-variation distance between each part's label mix and the whole's."""
+    whole = np.bincount(labels, minlength=10) / len(labels)
+    return float(np.mean([0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p)
+                                       - whole).sum() for p in parts]))
+
+
+def _assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
+    assert all(len(p) > 0 and np.array_equal(p, np.sort(p)) for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+
+
+PARTITIONS = [
+    ("iid", {}),
+    ("dirichlet", {"alpha": 0.1}),
+    ("dirichlet", {"alpha": 100.0}),
+    ("label_shards", {"shards_per_part": 2}),
+    ("label_shards", {"shards_per_part": 3}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), PARTITIONS)
+@pytest.mark.parametrize("n_parts", [1, 4, 7])
+def test_every_index_is_used_exactly_once(name: str, options: dict, n_parts: int) -> None:
+    labels = train_labels()
+    _assert_exact_cover(partition(name, labels, n_parts, 3, **options), len(labels))
+
+
+@pytest.mark.parametrize(("name", "options"), PARTITIONS)
+def test_partitions_are_fixed_by_the_seed(name: str, options: dict) -> None:
+    labels = train_labels()
+    first, again = (partition(name, labels, 5, 11, **options) for _ in range(2))
+    other = partition(name, labels, 5, 12, **options)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_iid_parts_are_even_and_unskewed() -> None:
+    labels = train_labels()
+    parts = iid(len(labels), 10, 0)
+    assert {len(p) for p in parts} == {400}
+    assert _label_distance(parts, labels) < 0.1
+
+
+def test_dirichlet_alpha_sets_the_skew() -> None:
+    labels = train_labels()
+    for seed in range(3):
+        assert _label_distance(dirichlet(labels, 10, 0.1, seed), labels) > 0.5
+        assert _label_distance(dirichlet(labels, 10, 1000.0, seed), labels) < 0.1
+
+
+def test_dirichlet_never_leaves_a_part_empty() -> None:
+    labels = np.repeat(np.arange(10), 3)
+    for seed in range(20):
+        parts = dirichlet(labels, 30, 0.01, seed)
+        _assert_exact_cover(parts, 30)
+        assert [len(p) for p in parts] == [1] * 30
+
+
+def test_label_shards_give_each_part_few_labels() -> None:
+    labels = train_labels()
+    # 400 samples per class and shards of 200: every shard holds one label.
+    parts = label_shards(labels, 10, 2, 0)
+    assert all(len(np.unique(labels[p])) <= 2 for p in parts)
+    assert {len(p) for p in parts} == {400}
+    uneven = label_shards(labels, 7, 3, 0)
+    assert all(len(np.unique(labels[p])) <= 6 for p in uneven)
+
+
+def test_partition_by_name() -> None:
+    labels = train_labels()
+    assert all(np.array_equal(a, b) for a, b in zip(
+        partition("dirichlet", labels, 4, 1), dirichlet(labels, 4, 0.5, 1), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(
+        partition("label_shards", labels, 4, 1), label_shards(labels, 4, 2, 1), strict=True))
+    with pytest.raises(ValueError, match="known partitioners: iid, dirichlet, label_shards"):
+        partition("pathological", labels, 4, 0)
+    with pytest.raises(ValueError, match="'iid' has no option alpha; its options: none"):
+        partition("iid", labels, 4, 0, alpha=1.0)
+    with pytest.raises(ValueError, match="has no option shards; its options: alpha"):
+        partition("dirichlet", labels, 4, 0, shards=1.0)
+
+
+def test_partition_arguments_are_checked() -> None:
+    labels = np.arange(10) % 3
+    with pytest.raises(ValueError, match="10 samples cannot fill 11 parts"):
+        iid(10, 11, 0)
+    with pytest.raises(ValueError, match="need at least one part"):
+        dirichlet(labels, 0, 1.0, 0)
+    with pytest.raises(ValueError, match="alpha must be a positive number"):
+        dirichlet(labels, 2, 0.0, 0)
+    with pytest.raises(ValueError, match="cannot fill 4 parts with 3 each"):
+        label_shards(labels, 4, 3, 0)
+    with pytest.raises(ValueError, match="labels must be a 1-D array of integers"):
+        dirichlet(labels.astype(float), 2, 1.0, 0)
