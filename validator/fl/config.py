@@ -1,0 +1,164 @@
+"""The learning protocol's settings: the genesis ``[app]`` section, parsed and checked.
+
+Every validator executes blocks under these settings, so they live in genesis, not in
+a node's own config. Parsing is strict (an unknown or misspelt setting is an error, not
+a silent default) and every error names the setting. Fractions are written as decimals
+for people and used as integer millionths in execution, so that no decision depends on
+floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from flobc.config import ConfigError
+from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
+
+MICRO = 1_000_000
+ADMISSIONS = ("allowlist", "open")
+SYNC_SCHEMES = ("bsp", "ssp", "bap")
+AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
+MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
+MAX_STALENESS = 1000
+MAX_BLOB_BYTES = 256 * 1024 * 1024
+APP_NAME_KEY = "name"
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    model_v0_hash: bytes
+    """SHA-256 of the encoded version-0 weights (``genesis-model.bin``)."""
+    model: str = "mnist_cnn"
+    seed: int = 0
+    admission: str = "allowlist"
+    trainers: tuple[bytes, ...] = ()
+    """Public keys admitted under ``admission = "allowlist"``."""
+    sync: str = "bsp"
+    staleness: int = 2
+    """SSP and BAP: how many versions behind the latest an update's base may be."""
+    ssp_min_fraction: float = 0.75
+    bap_alpha: float = 0.5
+    round_deadline_ms: int = 60_000
+    aggregator: str = "fedavg"
+    trim_fraction: float = 0.1
+    """trimmed_mean: the fraction of values dropped at each end, per coordinate."""
+    krum_f: int = 1
+    """krum: how many Byzantine updates to tolerate."""
+    krum_m: int = 0
+    """krum: how many updates to average; 0 means all but ``krum_f``."""
+    trust_initial: int = 500_000
+    trust_reward: int = 100_000
+    trust_penalty: int = 500_000
+    trust_threshold: int = 100_000
+    max_update_norm: float = 1000.0
+    max_blob_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _check_hash(self.model_v0_hash)
+        _check(isinstance(self.model, str) and 0 < len(self.model) <= 64, "model",
+               "must be a model name of 1 to 64 characters")
+        _check_int(self.seed, "seed", 0, 2**63 - 1)
+        _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}")
+        self._check_trainers()
+        _check(self.sync in SYNC_SCHEMES, "sync", f"must be one of {SYNC_SCHEMES}")
+        _check_int(self.staleness, "staleness", 0, MAX_STALENESS)
+        _check_fraction(self.ssp_min_fraction, "ssp_min_fraction", low_open=True)
+        _check_fraction(self.bap_alpha, "bap_alpha", low_open=True)
+        _check_int(self.round_deadline_ms, "round_deadline_ms", 1, MAX_DEADLINE_MS)
+        _check(self.aggregator in AGGREGATORS, "aggregator", f"must be one of {AGGREGATORS}")
+        _check_fraction(self.trim_fraction, "trim_fraction", low_open=False)
+        _check(self.trim_fraction < 0.5, "trim_fraction", "must be below 0.5")
+        _check_int(self.krum_f, "krum_f", 0, 1000)
+        _check_int(self.krum_m, "krum_m", 0, 1000)
+        for name in ("trust_initial", "trust_reward", "trust_penalty", "trust_threshold"):
+            _check_int(getattr(self, name), name, 0, MICRO)
+        _check(self.trust_threshold <= self.trust_initial, "trust_threshold",
+               "must not exceed app.trust_initial (newcomers would start excluded)")
+        _check(_is_number(self.max_update_norm) and 0 < self.max_update_norm < math.inf,
+               "max_update_norm", "must be a positive finite number")
+        _check_int(self.max_blob_bytes, "max_blob_bytes", 1, MAX_BLOB_BYTES)
+
+    def _check_trainers(self) -> None:
+        _check(isinstance(self.trainers, tuple), "trainers", "must be a tuple of public keys")
+        for i, key in enumerate(self.trainers):
+            _check(isinstance(key, bytes) and len(key) == PUBLIC_KEY_SIZE, f"trainers[{i}]",
+                   f"must be a {PUBLIC_KEY_SIZE}-byte public key")
+        _check(len(set(self.trainers)) == len(self.trainers), "trainers", "lists a key twice")
+        if self.admission == "allowlist":
+            _check(bool(self.trainers), "trainers",
+                   'must list at least one public key with admission = "allowlist"')
+        else:
+            _check(not self.trainers, "trainers",
+                   'is only used with admission = "allowlist"; remove it for "open"')
+
+    @property
+    def ssp_min_fraction_micro(self) -> int:
+        return round(self.ssp_min_fraction * MICRO)
+
+    @property
+    def bap_alpha_micro(self) -> int:
+        return round(self.bap_alpha * MICRO)
+
+    @classmethod
+    def from_app(cls, app: dict[str, Any]) -> FLConfig:
+        """The settings in a genesis ``[app]`` section, or ConfigError naming the problem.
+        ``name`` (which application the chain runs) is the node's business, not a setting."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(app) - known - {APP_NAME_KEY})
+        if unknown:
+            raise ConfigError(f"app: unknown setting {unknown[0]!r}; known settings: "
+                              f"{', '.join(sorted(known))}")
+        if "model_v0_hash" not in app:
+            raise ConfigError("app.model_v0_hash is missing (SHA-256 of genesis-model.bin)")
+        values = {k: v for k, v in app.items() if k != APP_NAME_KEY}
+        values["model_v0_hash"] = _hex(values["model_v0_hash"], "model_v0_hash", HASH_SIZE)
+        trainers = values.get("trainers", [])
+        if not isinstance(trainers, list):
+            raise ConfigError("app.trainers must be a list of hex public keys")
+        values["trainers"] = tuple(_hex(t, f"trainers[{i}]", PUBLIC_KEY_SIZE)
+                                   for i, t in enumerate(trainers))
+        return cls(**values)
+
+    def to_app_dict(self) -> dict[str, Any]:
+        """The settings as a genesis ``[app]`` section (bytes as hex)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["model_v0_hash"] = self.model_v0_hash.hex()
+        out["trainers"] = [t.hex() for t in self.trainers]
+        return out
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"app.{name} {message}")
+
+
+def _check_hash(value: Any) -> None:
+    _check(isinstance(value, bytes) and len(value) == HASH_SIZE, "model_v0_hash",
+           f"must be a {HASH_SIZE}-byte SHA-256 digest")
+
+
+def _check_int(value: Any, name: str, low: int, high: int) -> None:
+    _check(type(value) is int and low <= value <= high, name,
+           f"must be an integer in {low}..{high}")
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _check_fraction(value: Any, name: str, *, low_open: bool) -> None:
+    ok = _is_number(value) and (value > 0 if low_open else value >= 0) and value <= 1
+    _check(ok, name,
+           f"must be a number in {'(0' if low_open else '[0'}, 1]")
+
+
+def _hex(value: Any, name: str, size: int) -> bytes:
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None or len(raw) != size:
+        raise ConfigError(f"app.{name} must be {2 * size} hex digits")
+    return raw
