@@ -33,6 +33,14 @@ from flobc.config import (
 from flobc.consensus.light import VerificationError, verify_block, verify_state
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import PrivateKey
+from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
+from flobc.validator.fl.config import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
+from flobc.validator.fl.genesis import (
+    FLGenesis,
+    FLOptions,
+    make_fl_genesis,
+    write_fl_genesis_files,
+)
 
 HTTP_TIMEOUT_S = 10.0
 DEFAULT_BASE_PORT = 26600
@@ -46,11 +54,13 @@ class CliError(Exception):
 
 
 def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
-                  params: ConsensusParams, force: bool = False) -> list[NodeConfig]:
+                  params: ConsensusParams, force: bool = False,
+                  app: dict[str, Any] | None = None) -> list[NodeConfig]:
     """Write a genesis and one home folder per validator; return their configurations.
 
     Validator i listens for peers on ``base_port + 2i`` and serves its API on
-    ``base_port + 2i + 1``; every validator lists all the others as peers.
+    ``base_port + 2i + 1``; every validator lists all the others as peers. ``app`` is
+    the genesis ``[app]`` section (none: the key-value store).
     """
     if validators < 1:
         raise CliError(f"--validators must be at least 1, got {validators}")
@@ -62,7 +72,7 @@ def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_
     genesis = Genesis(chain_id, int(time.time() * 1000),
                       tuple(ValidatorInfo(f"validator-{i}", k.public_key)
                             for i, k in enumerate(keys)),
-                      params)
+                      params, app or {})
     genesis_text = genesis.to_toml()
     (out / "genesis.toml").write_text(genesis_text)
     peers = [Peer(i, _address(host, base_port + 2 * i), _address(host, base_port + 2 * i + 1))
@@ -88,7 +98,8 @@ def _prepare_out_dir(out: Path, force: bool) -> None:
         if not force:
             raise CliError(f"{out} is not empty; pass --force to replace the testnet in it")
         (out / "genesis.toml").unlink(missing_ok=True)
-        for home in out.glob("validator-*"):
+        (out / "genesis-model.bin").unlink(missing_ok=True)
+        for home in [*out.glob("validator-*"), *out.glob("trainer-*")]:
             if home.is_dir():
                 shutil.rmtree(home)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,19 +201,54 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def cmd_testnet_init(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    fl = _fl_genesis(args)
     configs = write_testnet(out, args.validators, chain_id=args.chain_id, host=args.host,
                             base_port=args.base_port, params=_consensus_params(args),
-                            force=args.force)
+                            force=args.force, app=fl.app if fl else None)
     print(f"wrote testnet {args.chain_id!r} with {len(configs)} validator(s) to {out}")
     for c in configs:
         print(f"  {c.home}: peers at {c.peer_listen}, API at http://{c.api_listen}")
+    if fl is not None:
+        for home in write_fl_genesis_files(out, configs, fl):
+            print(f"  {home}: trainer")
+        print(f"  model {fl.options.model} (seed {fl.options.seed}), version 0 hash "
+              f"{fl.app['model_v0_hash']}")
     return 0
+
+
+FL_OPTIONS = ("trainers", "model", "seed", "sync", "aggregator", "admission",
+              "round_deadline_ms")
+
+
+def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
+    """The learning chain's genesis parts for ``--app fl``, else None."""
+    given = {name: getattr(args, name) for name in FL_OPTIONS
+             if getattr(args, name) is not None}
+    if args.app != "fl":
+        if given:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            raise CliError(f"{flags} only apply with --app fl")
+        return None
+    return make_fl_genesis(FLOptions(**given))
 
 
 def cmd_validator_start(args: argparse.Namespace) -> int:
     from flobc.validator.node import main_node
 
     return main_node(Path(args.home))
+
+
+def cmd_trainer_join(args: argparse.Namespace) -> int:
+    from flobc.trainer.config import TrainerConfig
+    from flobc.trainer.loop import TrainerError, run_trainer
+
+    config = TrainerConfig.load(
+        args.home, model=args.model, local_epochs=args.epochs, batch_size=args.batch_size,
+        behaviour=args.behaviour, behaviour_scale=args.behaviour_scale, rounds=args.rounds)
+    try:
+        return run_trainer(config)
+    except TrainerError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -320,6 +366,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     keep=args.keep)
 
 
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from flobc.cluster import ClusterOptions, run_cluster
+
+    behaviours = {}
+    for item in args.byzantine or []:
+        index, sep, behaviour = item.partition(":")
+        if not sep or not index.isdigit():
+            raise CliError(f"--byzantine takes INDEX:BEHAVIOUR, e.g. 3:sign_flip; got {item!r}")
+        behaviours[int(index)] = behaviour
+    return run_cluster(ClusterOptions(
+        validators=args.validators, trainers=args.trainers, rounds=args.rounds,
+        history=args.history, sync=args.sync, aggregator=args.aggregator,
+        round_deadline_ms=args.round_deadline_ms, epochs=args.epochs, behaviours=behaviours,
+        workdir=args.keep))
+
+
 # --- parser -------------------------------------------------------------------------
 
 
@@ -341,6 +403,37 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _add_fl_options(group: argparse._ArgumentGroup) -> None:
+    defaults = FLOptions()
+    group.add_argument("--trainers", type=_positive_int, metavar="N",
+                       help=f"trainer homes to write (default: {defaults.trainers})")
+    group.add_argument("--model", metavar="NAME",
+                       help=f"model of the zoo (default: {defaults.model})")
+    group.add_argument("--seed", type=_nonnegative_int, metavar="S",
+                       help="seed of version 0 and of the data split "
+                       f"(default: {defaults.seed})")
+    group.add_argument("--sync", choices=SYNC_SCHEMES,
+                       help=f"sync scheme (default: {defaults.sync})")
+    group.add_argument("--aggregator", choices=AGGREGATORS,
+                       help=f"aggregation rule (default: {defaults.aggregator})")
+    group.add_argument("--admission", choices=ADMISSIONS,
+                       help="allowlist (the trainers written here) or open "
+                       f"(default: {defaults.admission})")
+    group.add_argument("--round-deadline-ms", type=_positive_int, metavar="MS",
+                       help="block time a round may stay open "
+                       f"(default: {defaults.round_deadline_ms})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                       help="first port (default: %(default)s)")
     init.add_argument("--force", action="store_true", help="write into a non-empty DIR, "
-                      "replacing its genesis.toml and every validator-* folder")
+                      "replacing its genesis files and every validator-* and trainer-* folder")
+    init.add_argument("--app", choices=("kv", "fl"), default="kv",
+                      help="the application: kv (a key-value store) or fl (federated "
+                      "learning; also writes genesis-model.bin and DIR/trainer-i homes) "
+                      "(default: %(default)s)")
+    _add_fl_options(init.add_argument_group(
+        "federated learning (with --app fl; genesis [app] table)"))
     params = init.add_argument_group("consensus parameters (genesis [consensus] table)")
     defaults = ConsensusParams()
     for f in fields(ConsensusParams):
@@ -390,6 +489,32 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--home", required=True, metavar="DIR",
                        help="validator home folder (as written by testnet init)")
     start.set_defaults(func=cmd_validator_start)
+
+    trainer = commands.add_parser("trainer", help="run a trainer").add_subparsers(
+        dest="trainer_command", required=True, metavar="COMMAND")
+    join = trainer.add_parser(
+        "join", help="train on local data and submit updates every round until interrupted",
+        description="Register with the chain (once), then each round: fetch the latest "
+        "model, verify its certificate against genesis, train on this trainer's data "
+        "partition and submit the signed update. Settings come from DIR/trainer.toml; "
+        "the flags override them.")
+    join.add_argument("--home", required=True, metavar="DIR",
+                      help="trainer home folder (as written by testnet init --app fl)")
+    join.add_argument("--model", metavar="NAME",
+                      help="the model you expect; an error unless it is genesis's model")
+    join.add_argument("--epochs", type=_positive_int, metavar="N",
+                      help="local epochs per round (default: local_epochs in trainer.toml)")
+    join.add_argument("--batch-size", type=_positive_int, metavar="N",
+                      help="default: batch_size in trainer.toml")
+    join.add_argument("--behaviour", choices=BEHAVIOURS,
+                      help="a Byzantine behaviour, for experiments (default: honest)")
+    join.add_argument("--behaviour-scale", type=_positive_float, metavar="X",
+                      help="sign_flip: factor of the negated update (default "
+                      f"{DEFAULT_SCALE['sign_flip']:g}); noise: standard deviation of the "
+                      f"added noise (default {DEFAULT_SCALE['noise']:g})")
+    join.add_argument("--rounds", type=_positive_int, metavar="N",
+                      help="leave after submitting updates in N rounds (default: never)")
+    join.set_defaults(func=cmd_trainer_join)
 
     status = commands.add_parser("status", help="show a validator's consensus status")
     status.add_argument("--validator", required=True, metavar="URL",
@@ -434,6 +559,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="keep the temporary testnet folder and the validators' logs")
     demo.set_defaults(func=cmd_demo)
+
+    cluster = commands.add_parser("cluster", help="run a whole local learning cluster"
+                                  ).add_subparsers(dest="cluster_command", required=True,
+                                                   metavar="COMMAND")
+    up = cluster.add_parser(
+        "up", help="validators and trainers on loopback, with a live table of rounds",
+        description="Write a learning testnet, start its validators and trainers as "
+        "processes on loopback (embedded MNIST sample, no network needed), and print one "
+        "row per committed round: updates accepted and rejected, accuracy on the test "
+        "split no trainer or validator uses, round time, height and model hash. Stops "
+        "on Ctrl-C or after --rounds.")
+    up.add_argument("--validators", type=_positive_int, default=4, help="default: %(default)s")
+    up.add_argument("--trainers", type=_positive_int, default=4, help="default: %(default)s")
+    up.add_argument("--rounds", type=_positive_int, help="stop after this many rounds")
+    up.add_argument("--history", type=Path, metavar="FILE",
+                    help="write the rounds to FILE as JSON as they commit")
+    up.add_argument("--sync", choices=("bsp", "ssp", "bap"), default="bsp")
+    up.add_argument("--aggregator", choices=("fedavg", "median", "trimmed_mean", "krum"),
+                    default="fedavg")
+    up.add_argument("--round-deadline-ms", type=_positive_int, default=60_000,
+                    help="block time after which a round closes without the missing "
+                    "updates (default: %(default)s)")
+    up.add_argument("--epochs", type=_positive_int, default=1,
+                    help="local epochs per round (default: %(default)s)")
+    up.add_argument("--byzantine", action="append", metavar="INDEX:BEHAVIOUR",
+                    help="make trainer INDEX misbehave (sign_flip or noise); repeatable")
+    up.add_argument("--keep", type=Path, metavar="DIR",
+                    help="write the testnet to DIR and keep it (default: a temporary folder)")
+    up.set_defaults(func=cmd_cluster_up)
     return parser
 
 

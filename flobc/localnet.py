@@ -46,17 +46,29 @@ def _port_free(port: int) -> bool:
 
 
 class LocalNet:
-    """Validator processes of one testnet written under ``workdir``."""
+    """Validator processes of one testnet: written here, or already on disk."""
 
     def __init__(self, workdir: Path, validators: int, *,
                  params: ConsensusParams | None = None, chain_id: str = "flobc-local") -> None:
-        self.workdir = Path(workdir)
-        self.configs: list[NodeConfig] = write_testnet(
-            self.workdir, validators, chain_id=chain_id, host="127.0.0.1",
-            base_port=free_port_range(2 * validators), params=params or ConsensusParams())
-        self.genesis = Genesis.load(self.workdir / "genesis.toml")
+        write_testnet(Path(workdir), validators, chain_id=chain_id, host="127.0.0.1",
+                      base_port=free_port_range(2 * validators),
+                      params=params or ConsensusParams())
+        self._open(Path(workdir))
+
+    @classmethod
+    def open(cls, workdir: Path) -> LocalNet:
+        """The testnet that ``flobc testnet init`` wrote to ``workdir``."""
+        net = cls.__new__(cls)
+        net._open(Path(workdir))
+        return net
+
+    def _open(self, workdir: Path) -> None:
+        self.workdir = workdir
+        homes = sorted(workdir.glob("validator-*"), key=lambda p: int(p.name.split("-")[1]))
+        self.configs: list[NodeConfig] = [NodeConfig.load(home) for home in homes]
+        self.genesis = Genesis.load(workdir / "genesis.toml")
         self.urls = [f"http://{c.api_listen}" for c in self.configs]
-        self.procs: list[subprocess.Popen | None] = [None] * validators
+        self.procs: list[subprocess.Popen | None] = [None] * len(self.configs)
 
     def __enter__(self) -> LocalNet:
         return self

@@ -1,4 +1,5 @@
-"""The validator's HTTP API: submit transactions, read blocks, state proofs and status.
+"""The validator's HTTP API: submit transactions, read blocks, state proofs and status,
+and the running application's own endpoints (``/kv`` or the learning ``/fl``).
 
 Every endpoint is ``async def`` on purpose: they then run on the node's event loop,
 the same thread as consensus, so they read the ledger between blocks and never race
@@ -12,7 +13,7 @@ import asyncio
 import re
 from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
@@ -23,6 +24,7 @@ from flobc.consensus import mempool
 from flobc.consensus.application import Application
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
+from flobc.validator.fl.app import FLApp
 
 MAX_BATCH_TXS = 2000
 MAX_HEIGHT = 2**63 - 1
@@ -55,7 +57,7 @@ def create_api(node: ApiNode) -> FastAPI:
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"},
                             status_code=422)
 
-    @api.post("/txs", status_code=202, openapi_extra=_binary_body("the raw transaction"))
+    @api.post("/txs", status_code=202, openapi_extra=binary_body("the raw transaction"))
     async def submit_tx(request: Request) -> dict[str, str]:
         """Submit one raw transaction (the request body)."""
         tx = await read_body(request, tx_limit)
@@ -66,7 +68,7 @@ def create_api(node: ApiNode) -> FastAPI:
             raise HTTPException(503 if reason == mempool.FULL else 400, reason)
         return {"tx_hash": tx_hash.hex()}
 
-    @api.post("/txs/batch", openapi_extra=_binary_body("a msgpack array of raw transactions"))
+    @api.post("/txs/batch", openapi_extra=binary_body("a msgpack array of raw transactions"))
     async def submit_batch(request: Request) -> dict[str, Any]:
         """Submit a msgpack array of raw transactions; one result per transaction."""
         txs = decode_batch(await read_body(request, batch_limit), batch_limit)
@@ -109,21 +111,24 @@ def create_api(node: ApiNode) -> FastAPI:
                 "certificate": node.ledger.certificate(h).hex()}
 
     @api.get("/state/proof")
-    async def state_proof(key: str) -> dict[str, Any]:
+    async def get_state_proof(key: str) -> dict[str, Any]:
         """A key's value and Merkle proof under the latest stable checkpoint's state root."""
-        raw_key = parse_hex(key, "key", MAX_PROOF_KEY)
-        found = node.host.proof_snapshot()
-        if found is None:
-            raise HTTPException(404, "no stable checkpoint yet")
-        seq, certificate, snapshot = found
-        value = snapshot.get(raw_key)
-        proof = snapshot.prove(raw_key)
-        return {"key": raw_key.hex(), "value": None if value is None else value.hex(),
-                "proof": None if proof is None else proof.encode().hex(),
-                "checkpoint": {"seq": seq, "state_root": snapshot.root.hex(),
-                               "certificate": certificate.hex()}}
+        return state_proof(node.host, parse_hex(key, "key", MAX_PROOF_KEY))
 
-    @api.get("/kv/{key:path}")
+    if isinstance(node.app, FLApp):
+        # Imported here because the learning endpoints build on this module's helpers.
+        from flobc.validator.fl.api import fl_router
+
+        api.include_router(fl_router(node, node.app))
+    else:
+        api.include_router(_kv_router(node))
+    return api
+
+
+def _kv_router(node: ApiNode) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/kv/{key:path}")
     async def get_kv(key: str) -> dict[str, Any]:
         """The value (hex) stored under a UTF-8 key by the key-value application."""
         try:
@@ -134,10 +139,25 @@ def create_api(node: ApiNode) -> FastAPI:
             raise HTTPException(404, f"no value stored under key {key[:80]!r}")
         return answer
 
-    return api
+    return router
 
 
-def _binary_body(description: str) -> dict[str, Any]:
+def state_proof(host: ReplicaHost, key: bytes) -> dict[str, Any]:
+    """``key``'s value and Merkle proof under the latest stable checkpoint's state root
+    (value and proof None when the key is absent there); 404 before the first one."""
+    found = host.proof_snapshot()
+    if found is None:
+        raise HTTPException(404, "no stable checkpoint yet")
+    seq, certificate, snapshot = found
+    value = snapshot.get(key)
+    proof = snapshot.prove(key)
+    return {"key": key.hex(), "value": None if value is None else value.hex(),
+            "proof": None if proof is None else proof.encode().hex(),
+            "checkpoint": {"seq": seq, "state_root": snapshot.root.hex(),
+                           "certificate": certificate.hex()}}
+
+
+def binary_body(description: str) -> dict[str, Any]:
     """OpenAPI for a raw body, which the endpoint reads itself to bound its size."""
     return {"requestBody": {"required": True, "description": description, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}

@@ -1,0 +1,227 @@
+"""The voter's decision rule on real weights, scored by the real evaluator worker.
+
+Each of the four validators' hold-out shards gets its own worker process, as on a
+testnet. Honest updates are one local epoch on a trainer's share of the data, as a
+trainer computes them, in four FedAvg rounds of two trainers; the attacks are trainer
+0's update sign-flipped and scaled x5, and N(0, 1) noise, in every one of those rounds.
+Round 1 is also played with four trainers of 1,000 samples: the smaller honest step
+makes its sign-flipped twin the hardest attack to see.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from flobc.ml.data import load_dataset, split
+from flobc.ml.partition import partition
+from flobc.ml.weights import encode_weights
+from flobc.validator.fl.evaluator import (
+    Evaluation,
+    Evaluator,
+    EvaluatorError,
+    EvaluatorSettings,
+)
+from flobc.validator.fl.voter import (
+    ACCURACY_SLACK,
+    CHANCE_ACCURACY,
+    CHANCE_LOSS,
+    GIVE_UP,
+    LOSS_SLACK,
+    decide,
+)
+
+VALIDATORS = 4
+ROUNDS = 4
+MODEL, SEED, DATASET = "mnist_cnn", 0, "mnist_5k"
+MAX_BLOB_BYTES = 4 * 1024 * 1024
+Weights = list[np.ndarray]
+Round = tuple[Weights, list[Weights]]
+"""A round's base weights and each trainer's honest delta on it."""
+
+
+def settings(shard: int) -> EvaluatorSettings:
+    return EvaluatorSettings(MODEL, SEED, DATASET, shard, VALIDATORS, MAX_BLOB_BYTES)
+
+
+@pytest.fixture(scope="module")
+def evaluators() -> Iterator[list[Evaluator]]:
+    workers = [Evaluator(settings(i)) for i in range(VALIDATORS)]
+    try:
+        for w in workers:
+            w.start()  # all four warm up at once, as on a testnet
+        for w in workers:
+            w.wait_ready()
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+
+
+@pytest.fixture(scope="module")
+def base() -> Weights:
+    from flobc.ml.models import initial_weights
+
+    return initial_weights(MODEL, SEED)
+
+
+def play(base: Weights, trainers: int, rounds: int) -> list[Round]:
+    """FedAvg over ``trainers`` IID shares of the training split, one local epoch each."""
+    from flobc.ml.learner import KerasLearner
+    from flobc.ml.models import build_model
+
+    train = split(load_dataset(DATASET), seed=SEED).train
+    parts = partition("iid", train.y, trainers, seed=SEED)
+    learner = KerasLearner(build_model(MODEL, SEED))
+    played = []
+    for r in range(rounds):
+        deltas = []
+        for t, part in enumerate(parts):
+            learner.set_weights(base)
+            learner.fit(train.x[part], train.y[part], epochs=1, batch_size=32, seed=100 * r + t)
+            deltas.append([new - old for new, old in zip(learner.get_weights(), base,
+                                                         strict=True)])
+        played.append((base, deltas))
+        base = [b + sum(ds) / len(ds) for b, *ds in zip(base, *deltas, strict=True)]
+    return played
+
+
+@pytest.fixture(scope="module")
+def rounds(base: Weights) -> list[Round]:
+    return play(base, trainers=2, rounds=ROUNDS)
+
+
+@pytest.fixture(scope="module")
+def small_round_1(base: Weights) -> Round:
+    return play(base, trainers=4, rounds=1)[0]
+
+
+def verdicts(evaluators: list[Evaluator], base: Weights,
+             delta: Weights) -> list[tuple[bool, int, Evaluation]]:
+    blob = encode_weights(base)
+    found = []
+    for e in evaluators:
+        evaluation = e.evaluate(blob, encode_weights(delta))
+        found.append((*decide(evaluation), evaluation))
+    return found
+
+
+def test_every_validator_accepts_honest_updates_in_every_round(
+        evaluators: list[Evaluator], rounds: list[Round], small_round_1: Round) -> None:
+    for n, (base, deltas) in enumerate([*rounds, small_round_1], 1):
+        for t, delta in enumerate(deltas):
+            for accept, _, e in verdicts(evaluators, base, delta):
+                assert accept, f"round {n}, trainer {t}: {e}"
+    base, deltas = small_round_1
+    for _, score, e in verdicts(evaluators, base, deltas[0]):
+        assert e.new_loss < e.base_loss and score > 0, e  # round 1: a clear improvement
+
+
+def test_every_validator_rejects_sign_flipped_updates_scaled_5x(
+        evaluators: list[Evaluator], rounds: list[Round], small_round_1: Round) -> None:
+    for n, (base, deltas) in enumerate([*rounds, small_round_1], 1):
+        for accept, score, e in verdicts(evaluators, base, [-5 * d for d in deltas[0]]):
+            assert not accept and score < 0, f"round {n}: {e}"
+
+
+def test_every_validator_rejects_gaussian_noise(evaluators: list[Evaluator],
+                                                rounds: list[Round]) -> None:
+    rng = np.random.default_rng(SEED)
+    for n, (base, _) in enumerate(rounds, 1):
+        noise = [rng.normal(0, 1, w.shape).astype(w.dtype) for w in base]
+        for accept, score, e in verdicts(evaluators, base, noise):
+            assert not accept and score < 0, f"round {n}: {e}"
+
+
+def test_a_zero_update_scores_exactly_the_base(evaluators: list[Evaluator],
+                                               base: Weights) -> None:
+    for accept, score, e in verdicts(evaluators, base, [np.zeros_like(w) for w in base]):
+        assert (e.new_loss, e.new_accuracy) == (e.base_loss, e.base_accuracy)
+        assert accept and score == 0
+
+
+def test_shards_are_different_data(evaluators: list[Evaluator], base: Weights) -> None:
+    """Each validator scores on its own shard, so base scores differ between them."""
+    zero = [np.zeros_like(w) for w in base]
+    assert len({e.base_loss for _, _, e in verdicts(evaluators, base, zero)}) == VALIDATORS
+
+
+def test_bad_input_is_refused_and_the_worker_keeps_serving(
+        evaluators: list[Evaluator], base: Weights) -> None:
+    worker = evaluators[0]
+    pid = worker.pid
+    wrong_shape = [w.reshape(-1) for w in base]
+    for blob in (b"\xc1", encode_weights(wrong_shape)):
+        with pytest.raises(EvaluatorError, match="WeightsError"):
+            worker.evaluate(encode_weights(base), blob)
+    assert worker.pid == pid
+    assert worker.evaluate(encode_weights(base), encode_weights(base)).new_loss > 0
+
+
+def test_a_killed_worker_is_replaced(base: Weights) -> None:
+    worker = Evaluator(settings(0))
+    try:
+        worker.start()
+        worker.wait_ready()
+        first = worker.pid
+        assert first is not None
+        os.kill(first, 9)
+        zero = encode_weights([np.zeros_like(w) for w in base])
+        evaluation = worker.evaluate(encode_weights(base), zero)
+        assert worker.pid not in (None, first)
+        assert worker.starts == 2
+        assert evaluation.new_loss == evaluation.base_loss
+    finally:
+        worker.stop()
+    assert worker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)
+
+
+def test_a_stopped_evaluator_refuses_work_and_leaves_no_process(base: Weights) -> None:
+    worker = Evaluator(settings(1))
+    worker.start()
+    pid = worker.pid
+    assert pid is not None
+    worker.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(EvaluatorError, match="stopping"):
+        worker.evaluate(encode_weights(base), encode_weights(base))
+
+
+def test_decide_at_its_boundaries() -> None:
+    base_loss, base_acc = 0.3, 0.9
+    loss_bound = base_loss + GIVE_UP * (CHANCE_LOSS - base_loss) + LOSS_SLACK
+    acc_bound = base_acc - GIVE_UP * (base_acc - CHANCE_ACCURACY) - ACCURACY_SLACK
+    assert decide(Evaluation(base_loss, base_acc, loss_bound, acc_bound))[0]
+    assert not decide(Evaluation(base_loss, base_acc, math.nextafter(loss_bound, 9),
+                                 base_acc))[0]
+    assert not decide(Evaluation(base_loss, base_acc, base_loss,
+                                 math.nextafter(acc_bound, 0)))[0]
+    # A base no better than chance: only the slack is allowed.
+    assert decide(Evaluation(2.5, 0.05, 2.5 + LOSS_SLACK, 0.05 - ACCURACY_SLACK))[0]
+    assert not decide(Evaluation(2.5, 0.05, 2.5 + 1.01 * LOSS_SLACK, 0.05))[0]
+    assert decide(Evaluation(2.0, 0.5, 1.5, 0.6)) == (True, 500)
+    assert decide(Evaluation(2.0, 0.5, 2.25, 0.5)) == (True, -250)
+    accept, score = decide(Evaluation(base_loss, base_acc, math.inf, 0.1))
+    assert not accept and score == -(2**31)
+    assert not decide(Evaluation(base_loss, base_acc, math.nan, base_acc))[0]
+    assert decide(Evaluation(1e12, 0.1, 0.0, 0.9)) == (True, 2**31 - 1)
+
+
+def test_the_validator_side_never_imports_tensorflow() -> None:
+    """Only the worker process may: the node imports these modules at start."""
+    code = ("import sys, flobc.validator.node, flobc.validator.fl.api, "
+            "flobc.validator.fl.voter, flobc.validator.fl.evaluator, flobc.cli\n"
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+

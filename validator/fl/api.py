@@ -1,0 +1,142 @@
+"""The learning endpoints of the wire API (docs/fl-protocol.md, Wire API), under ``/fl``.
+
+Like the rest of the API, every handler is ``async def`` and so runs on the node's event
+loop between blocks: reads see committed state only, and submitting an update goes
+through the same admission as any transaction. A trainer's update arrives as one body,
+``[update_tx, blob]``, bounded before it is read and checked before anything is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from flobc import codec
+from flobc.consensus import mempool
+from flobc.crypto import sha256
+from flobc.validator.api import ApiNode, binary_body, read_body, state_proof
+from flobc.validator.fl.app import FLApp
+from flobc.validator.fl.config import MICRO
+from flobc.validator.fl.queries import NotFound, QueryError
+from flobc.validator.fl.state import model_key, read_meta, read_model
+from flobc.validator.fl.txs import Update, decode_tx
+
+ENVELOPE_BYTES = 64 * 1024
+"""Room for the transaction and the framing around the blob."""
+
+
+def fl_router(node: ApiNode, app: FLApp) -> APIRouter:
+    """The ``/fl`` endpoints of a validator running the learning application ``app``."""
+    router = APIRouter(prefix="/fl", tags=["federated learning"])
+    config = app.config
+    body_limit = config.max_blob_bytes + ENVELOPE_BYTES
+    chain_id = node.genesis.chain_id
+
+    def query(path: str, **params: str) -> Any:
+        try:
+            return app.query(path, params, node.host.committed)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @router.post("/updates", status_code=202,
+                 openapi_extra=binary_body("canonical msgpack [update_tx, blob]"))
+    async def submit_update(request: Request) -> dict[str, str]:
+        """Submit a trainer's update transaction with its delta blob."""
+        tx, blob = decode_envelope(await read_body(request, body_limit), body_limit)
+        parsed = decode_tx(tx, chain_id)
+        if isinstance(parsed, str):
+            raise HTTPException(400, f"update_tx: {parsed}")
+        if not isinstance(parsed, Update):
+            raise HTTPException(400, f"update_tx is a {type(parsed).__name__.lower()} "
+                                     "transaction: send it to POST /txs")
+        if sha256(blob) != parsed.blob_hash:
+            raise HTTPException(400, f"the blob's SHA-256 {sha256(blob).hex()} is not the "
+                                     f"update's blob_hash {parsed.blob_hash.hex()}")
+        [(tx_hash, reason)] = node.host.submit_txs([tx], [blob])
+        if reason is not None:
+            raise HTTPException(503 if reason == mempool.FULL else 400, reason)
+        return {"tx_hash": tx_hash.hex()}
+
+    @router.get("/status")
+    async def status() -> dict[str, Any]:
+        """The open round, the latest version and its hash."""
+        state = node.host.committed
+        meta = read_meta(state)
+        model = read_model(state, meta.version) if meta is not None else None
+        if meta is None or model is None:
+            raise HTTPException(404, "the chain has not executed its first block yet")
+        return {"round": meta.round, "version": meta.version, "sync": config.sync,
+                "deadline_ms": meta.deadline_ms, "expected": [t.hex() for t in meta.expected],
+                "model_hash": model.hash.hex()}
+
+    @router.get("/models/latest")
+    async def latest_model() -> dict[str, Any]:
+        """The latest version's record."""
+        return query("model_latest")
+
+    @router.get("/models/{version}")
+    async def model(version: str) -> dict[str, Any]:
+        """A version's record: its weights' hash, round, height and the updates in it."""
+        return query("model", version=version)
+
+    @router.get("/models/{version}/weights", response_class=Response,
+                responses={200: {"content": {"application/octet-stream": {}}}})
+    async def weights(version: str) -> Response:
+        """A version's encoded weights; ``X-Model-Hash`` is their SHA-256."""
+        record = query("model", version=version)
+        blob = node.ledger.blob(bytes.fromhex(record["hash"]))
+        if blob is None:
+            raise HTTPException(404, f"the weights of version {record['version']} are not "
+                                     "stored on this validator")
+        return Response(blob, media_type="application/octet-stream",
+                        headers={"X-Model-Hash": record["hash"]})
+
+    @router.get("/models/{version}/proof")
+    async def proof(version: str) -> dict[str, Any]:
+        """A version's record with its Merkle proof under the latest stable checkpoint."""
+        record = query("model", version=version)
+        answer = state_proof(node.host, model_key(record["version"]))
+        if answer["value"] is None:
+            raise HTTPException(404, f"version {record['version']} is not yet covered by a "
+                                     f"stable checkpoint (the latest is at height "
+                                     f"{answer['checkpoint']['seq']})")
+        return answer
+
+    @router.get("/rounds")
+    async def rounds(limit: str | None = None) -> dict[str, Any]:
+        """The open round and those before it, newest first, with update counts."""
+        return query("rounds", **({} if limit is None else {"limit": limit}))
+
+    @router.get("/rounds/{round_}")
+    async def round_detail(round_: str) -> dict[str, Any]:
+        """A round's updates, their statuses and every validator's vote."""
+        return query("round", round=round_)
+
+    @router.get("/trainers")
+    async def trainers() -> dict[str, Any]:
+        """Every registered trainer with its trust and its record."""
+        answer = query("trainers")
+        return {"trainers": [{"trust": t["trust_micro"] / MICRO, **t}
+                             for t in answer["trainers"]]}
+
+    return router
+
+
+def decode_envelope(body: bytes, limit: int) -> tuple[bytes, bytes]:
+    """``[update_tx, blob]`` from a request body, or a 4xx naming what is wrong."""
+    if not body:
+        raise HTTPException(400, "empty body: expected canonical msgpack [update_tx, blob]")
+    try:
+        value = codec.unpack(body, limit)
+    except codec.DecodeError as exc:
+        raise HTTPException(400, f"body is not valid msgpack: {exc}") from exc
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, bytes) and v for v in value)):
+        raise HTTPException(400, "body must be a msgpack array [update_tx, blob] of two "
+                                 "non-empty byte strings")
+    if codec.pack(value) != body:
+        raise HTTPException(400, "body is not canonically encoded msgpack")
+    return value[0], value[1]

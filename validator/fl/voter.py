@@ -1,0 +1,242 @@
+"""A validator's off-chain duties on a learning chain: vote on updates, close late rounds.
+
+After each committed block the voter looks for pending updates of the open round that
+this validator has not voted on, evaluates them one at a time (sorted by trainer key)
+in the evaluator worker, and submits a signed vote. Evaluation runs in a thread and a
+separate process, never inside block execution and never on the event loop, so
+consensus keeps going while a model is being scored.
+
+The decision rule (``decide``) compares the trainer's model, base + delta, with the
+base model on this validator's hold-out shard. An update may give up at most GIVE_UP of
+the base model's advantage over chance, in loss and in accuracy, plus a slack for the
+noise of a small shard:
+
+    new_loss <= base_loss + GIVE_UP * max(CHANCE_LOSS - base_loss, 0) + LOSS_SLACK
+    new_accuracy >= base_accuracy - GIVE_UP * max(base_accuracy - CHANCE_ACCURACY, 0)
+                    - ACCURACY_SLACK
+
+Why not a fixed ratio: one epoch of SGD at the zoo's learning rate leaves an honest
+model noisy late in training (seen on mnist_cnn: loss 0.17 -> 0.63, accuracy 0.97 ->
+0.78 on a shard), while in round 1, where the base is at chance, an update
+sign-flipped and scaled x5 raises the loss only from 2.30 to 2.59 when trainers hold
+1,000 samples each. Measured against chance, the first is well inside the bound and
+the second outside it; sign-flipped updates in later rounds (loss 4 to 13) and N(0, 1)
+noise (loss in the thousands) are far outside. The score is the loss improvement in
+thousandths.
+
+Rounds end at a deadline in block time, but an idle chain makes no blocks; so once the
+local clock is past the open round's deadline and no block has closed it, the voter
+submits a ``close`` transaction for it. A close is ``[round]``, so each validator can
+close a round once (a second one would be a replay); the validators therefore take
+turns, one CLOSE_STAGGER_MS apart in an order that rotates with the round. Usually the
+first one's close ends the round and the others never send theirs; if it is down, or
+its close landed early, or SSP extended the round, the next one's turn comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from flobc.consensus.host import ReplicaHost
+from flobc.consensus.mempool import FULL
+from flobc.crypto import PrivateKey
+from flobc.ml.data import N_CLASSES
+from flobc.validator.fl.evaluator import Evaluation, Evaluator, EvaluatorError
+from flobc.validator.fl.state import PENDING, read_meta, read_model, round_updates
+from flobc.validator.fl.txs import SCORE_RANGE, make_close, make_vote
+
+log = logging.getLogger("flobc.voter")
+
+CHANCE_LOSS = math.log(N_CLASSES)
+"""Cross-entropy of a model that knows nothing (a uniform guess)."""
+CHANCE_ACCURACY = 1 / N_CLASSES
+GIVE_UP = 0.5
+LOSS_SLACK = 0.1
+ACCURACY_SLACK = 0.05
+CLOSE_MARGIN_MS = 1000
+"""How far past a deadline (local clock) the first close is sent: block time is the
+primary's clock, and a close that lands before the deadline is skipped."""
+CLOSE_STAGGER_MS = 1000
+"""How long each validator in turn waits for the one before it to close a round."""
+
+
+def decide(e: Evaluation) -> tuple[bool, int]:
+    """(accept, score_milli) for one evaluation; see the module docstring."""
+    loss_bound = e.base_loss + GIVE_UP * max(CHANCE_LOSS - e.base_loss, 0) + LOSS_SLACK
+    accuracy_bound = (e.base_accuracy - GIVE_UP * max(e.base_accuracy - CHANCE_ACCURACY, 0)
+                      - ACCURACY_SLACK)
+    accept = (math.isfinite(e.new_loss) and e.new_loss <= loss_bound
+              and e.new_accuracy >= accuracy_bound)
+    gain = e.base_loss - e.new_loss
+    score = round(gain * 1000) if math.isfinite(gain) else SCORE_RANGE[0]
+    return accept, min(max(score, SCORE_RANGE[0]), SCORE_RANGE[1])
+
+
+@dataclass(frozen=True)
+class _Job:
+    round: int
+    trainer: bytes
+    blob: bytes
+    base: int
+
+
+class Voter:
+    """Runs beside consensus on the node's event loop; see the module docstring."""
+
+    def __init__(self, host: ReplicaHost, key: PrivateKey, chain_id: str,
+                 evaluator: Evaluator) -> None:
+        self._host = host
+        self._key = key
+        self._chain_id = chain_id
+        self._evaluator = evaluator
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="flobc-evaluate")
+        self._vote_wake = asyncio.Event()
+        self._close_wake = asyncio.Event()
+        self._evaluations: dict[_Job, Evaluation] = {}
+        """Evaluated, vote not yet admitted (the mempool was full): no re-evaluation."""
+        self._done: set[_Job] = set()
+        """Voted on, or given up on: never evaluated again."""
+        self._closes: set[int] = set()
+        """Rounds this validator sent its (one possible) close for."""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the evaluator and both loops; call on the running event loop."""
+        self._evaluator.start()
+        self._host.on_commit(self._committed)
+        self._tasks = [asyncio.create_task(self._vote_loop(), name="flobc-voter"),
+                       asyncio.create_task(self._close_loop(), name="flobc-closer")]
+        for task in self._tasks:
+            task.add_done_callback(_report_failure)
+        self._committed(0)  # after a restart, catch up on what is already committed
+
+    async def stop(self) -> None:
+        """Cancel both loops and end the evaluator (an evaluation in flight fails)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.to_thread(self._evaluator.stop)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._executor.shutdown(wait=True)
+
+    def _committed(self, _height: int) -> None:
+        """Runs inside the host's commit: just wake the loops."""
+        self._vote_wake.set()
+        self._close_wake.set()
+
+    # --- votes -------------------------------------------------------------------------
+
+    async def _vote_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:  # warm the worker up now, not when the first update is waiting
+            await loop.run_in_executor(self._executor, self._evaluator.wait_ready)
+        except EvaluatorError as exc:
+            log.error("%s; evaluations will start a new worker", exc)
+        while True:
+            await self._vote_wake.wait()
+            self._vote_wake.clear()
+            while (job := self._next_job()) is not None:
+                evaluation = self._evaluations.get(job) or await self._evaluate(job)
+                if evaluation is not None and not self._submit_vote(job, evaluation):
+                    break  # the mempool is full: try again after the next block
+
+    def _next_job(self) -> _Job | None:
+        """The first update of the open round (by trainer key) still waiting for us."""
+        state = self._host.committed
+        meta = read_meta(state)
+        if meta is None:
+            return None
+        self._forget_before(meta.round)
+        me = self._key.public_key
+        for trainer, update in round_updates(state, meta.round):
+            job = _Job(meta.round, trainer, update.blob, update.base)
+            if update.status == PENDING and me not in update.votes and job not in self._done:
+                return job
+        return None
+
+    def _forget_before(self, round_: int) -> None:
+        self._done = {j for j in self._done if j.round >= round_}
+        self._evaluations = {j: e for j, e in self._evaluations.items() if j.round >= round_}
+        self._closes = {r for r in self._closes if r >= round_}
+
+    async def _evaluate(self, job: _Job) -> Evaluation | None:
+        """Score ``job`` in the worker, off the event loop; None if that failed."""
+        state = self._host.committed
+        record = read_model(state, job.base)
+        base = state.blob(record.hash) if record is not None else None
+        delta = state.blob(job.blob)
+        if base is None or delta is None:
+            log.error("cannot evaluate trainer %s round %d: %s blob is not stored",
+                      job.trainer.hex()[:16], job.round, "base" if base is None else "update")
+            self._done.add(job)
+            return None
+        try:
+            evaluation = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._evaluator.evaluate, base, delta)
+        except EvaluatorError as exc:
+            log.error("no vote on trainer %s round %d: evaluation failed: %s",
+                      job.trainer.hex()[:16], job.round, exc)
+            self._done.add(job)
+            return None
+        self._evaluations[job] = evaluation
+        return evaluation
+
+    def _submit_vote(self, job: _Job, e: Evaluation) -> bool:
+        """Sign and submit the vote; False if it must wait (the mempool is full)."""
+        accept, score = decide(e)
+        tx = make_vote(self._key, self._chain_id, job.round, job.trainer, job.blob, accept,
+                       score)
+        _, reason = self._host.submit_tx(tx)
+        if reason == FULL:
+            return False  # kept in _evaluations, so it is not evaluated again
+        self._evaluations.pop(job, None)
+        self._done.add(job)
+        verdict = "accept" if accept else "reject"
+        if reason is not None:  # usually: the others decided it first
+            log.info("vote %s on trainer %s round %d not admitted: %s", verdict,
+                     job.trainer.hex()[:16], job.round, reason)
+        else:
+            log.info("voted %s on trainer %s round %d: acc %.3f vs base %.3f, loss %.4f vs "
+                     "base %.4f", verdict, job.trainer.hex()[:16], job.round, e.new_accuracy,
+                     e.base_accuracy, e.new_loss, e.base_loss)
+        return True
+
+    # --- closing late rounds ----------------------------------------------------------
+
+    async def _close_loop(self) -> None:
+        while True:
+            self._close_wake.clear()
+            meta = read_meta(self._host.committed)
+            if meta is None or meta.round in self._closes:
+                await self._close_wake.wait()
+                continue
+            wait_ms = self._close_time(meta.round, meta.deadline_ms) - self._host.now_ms()
+            if wait_ms > 0:
+                # Wake at our turn, or earlier when a block may have changed the round.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._close_wake.wait(), wait_ms / 1000)
+                continue
+            self._closes.add(meta.round)
+            _, reason = self._host.submit_tx(make_close(self._key, self._chain_id, meta.round))
+            if reason is None:
+                log.info("round %d passed its deadline with no block to close it: "
+                         "submitted a close", meta.round)
+            else:
+                log.warning("close of round %d not admitted: %s", meta.round, reason)
+
+    def _close_time(self, round_: int, deadline_ms: int) -> int:
+        """When this validator's turn to close ``round_`` comes (local clock, ms)."""
+        turn = (self._host.index - round_) % self._host.validators.n
+        return deadline_ms + CLOSE_MARGIN_MS + turn * CLOSE_STAGGER_MS
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """A loop that ends other than by ``stop`` is a bug: say so loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("%s stopped: %r", task.get_name(), task.exception(),
+                     exc_info=task.exception())
