@@ -61,7 +61,7 @@ def test_quickstart_has_exactly_setup_and_test_commands():
     assert "\n" not in setup and "\n" not in test
     assert steps(setup) == [["python3", "-m", "venv", ".venv"],
                             [".venv/bin/pip", "install", "-e", "."],
-                            [".venv/bin/flobc", "demo"]]
+                            [".venv/bin/flobc", "cluster", "up", "--rounds", "20"]]
     assert steps(test)[0] == ["python3", "-m", "venv", ".venv"]
     assert steps(test)[1] == [".venv/bin/pip", "install", "-e", ".[test]"]
     assert steps(test)[-1][:3] == [".venv/bin/python", "-m", "pytest"]
@@ -108,10 +108,12 @@ def readme_flobc_commands() -> list[list[str]]:
 
 
 def test_readme_documents_every_command():
-    shown = {tuple(argv[:2]) if argv[0] in ("keys", "testnet", "validator", "tx")
+    shown = {tuple(argv[:2]) if argv[0] in ("keys", "testnet", "validator", "tx", "trainer",
+                                            "cluster")
              else (argv[0],) for argv in readme_flobc_commands()}
     assert shown == {("demo",), ("testnet", "init"), ("validator", "start"),
-                     ("keys", "generate"), ("tx", "send"), ("status",), ("verify",)}
+                     ("keys", "generate"), ("tx", "send"), ("status",), ("verify",),
+                     ("cluster", "up"), ("trainer", "join")}
 
 
 @pytest.mark.parametrize("argv", readme_flobc_commands(), ids=shlex.join)
