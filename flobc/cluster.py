@@ -70,30 +70,48 @@ class Trainers:
     def __init__(self, workdir: Path, options: ClusterOptions) -> None:
         self.homes = sorted(workdir.glob("trainer-*"), key=lambda p: int(p.name.split("-")[1]))
         self.options = options
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen | None] = [None] * len(self.homes)
+
+    def start(self, index: int) -> None:
+        """Start trainer ``index`` (again, on its existing home and journal)."""
+        if self.running(index):
+            raise RuntimeError(f"trainer {index} is already running")
+        command = [sys.executable, "-m", "flobc", "trainer", "join", "--home",
+                   str(self.homes[index]), "--epochs", str(self.options.epochs)]
+        if index in self.options.behaviours:
+            command += ["--behaviour", self.options.behaviours[index]]
+        with open(self.homes[index] / "trainer.log", "ab") as log:
+            self.procs[index] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
 
     def start_all(self) -> None:
-        for i, home in enumerate(self.homes):
-            command = [sys.executable, "-m", "flobc", "trainer", "join", "--home", str(home),
-                       "--epochs", str(self.options.epochs)]
-            if i in self.options.behaviours:
-                command += ["--behaviour", self.options.behaviours[i]]
-            with open(home / "trainer.log", "ab") as log:
-                self.procs.append(subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True))
+        for i in range(len(self.homes)):
+            self.start(i)
+
+    def running(self, index: int) -> bool:
+        proc = self.procs[index]
+        return proc is not None and proc.poll() is None
+
+    def kill(self, index: int) -> None:
+        """SIGKILL trainer ``index``: no clean shutdown, as in a crash."""
+        proc = self.procs[index]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.procs[index] = None
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
+        procs = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.procs = []
+        self.procs = [None] * len(self.homes)
 
 
 class Monitor:
