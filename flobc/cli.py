@@ -382,6 +382,17 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         workdir=args.keep))
 
 
+def cmd_model_pull(args: argparse.Namespace) -> int:
+    from flobc.model_pull import pull_model
+
+    urls = [base_url(u) for u in args.validator]
+    pulled = pull_model(Path(args.genesis), urls, args.version, Path(args.out))
+    print(f"model version {pulled.version} verified against {args.genesis}: SHA-256 "
+          f"{pulled.hash.hex()}, certified at checkpoint {pulled.checkpoint}")
+    print(f"wrote {pulled.path} ({pulled.model})")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------
 
 
@@ -413,6 +424,17 @@ def _nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
+
+
+def _model_version(text: str) -> int | None:
+    """A version number, or None for ``latest``."""
+    if text == "latest":
+        return None
+    try:
+        return _nonnegative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a version number nor 'latest'") from None
 
 
 def _add_fl_options(group: argparse._ArgumentGroup) -> None:
@@ -588,6 +610,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keep", type=Path, metavar="DIR",
                     help="write the testnet to DIR and keep it (default: a temporary folder)")
     up.set_defaults(func=cmd_cluster_up)
+
+    model = commands.add_parser("model", help="committed model versions").add_subparsers(
+        dest="model_command", required=True, metavar="COMMAND")
+    pull = model.add_parser(
+        "pull", help="fetch a committed model version, verify it and save it as a Keras file",
+        description="Fetch model version V's weights from a validator, check its checkpoint "
+        "certificate and Merkle proof against the keys in GENESIS and the weights' SHA-256 "
+        "against the proven record (always; nothing a validator says is believed), then "
+        "build the model genesis names, give it the weights and save it as a .keras file "
+        "for keras.models.load_model. A validator that fails or serves something that does "
+        "not verify is skipped for the next --validator.")
+    pull.add_argument("--validator", action="append", required=True, metavar="URL",
+                      help="validator API; repeat it to fail over to others")
+    pull.add_argument("--genesis", required=True, metavar="FILE",
+                      help="the chain's genesis.toml (genesis-model.bin beside it is used "
+                      "for version 0 when present)")
+    pull.add_argument("--version", type=_model_version, default=None, metavar="V|latest",
+                      help="model version (default: the latest a validator reports)")
+    pull.add_argument("--out", required=True, metavar="FILE.keras", help="Keras file to write")
+    pull.add_argument("--verify", action="store_true",
+                      help="verification is always on; the flag is accepted for scripts "
+                      "that spell it out")
+    pull.set_defaults(func=cmd_model_pull)
     return parser
 
 

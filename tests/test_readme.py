@@ -109,11 +109,11 @@ def readme_flobc_commands() -> list[list[str]]:
 
 def test_readme_documents_every_command():
     shown = {tuple(argv[:2]) if argv[0] in ("keys", "testnet", "validator", "tx", "trainer",
-                                            "cluster")
+                                            "cluster", "model")
              else (argv[0],) for argv in readme_flobc_commands()}
     assert shown == {("demo",), ("testnet", "init"), ("validator", "start"),
                      ("keys", "generate"), ("tx", "send"), ("status",), ("verify",),
-                     ("cluster", "up"), ("trainer", "join")}
+                     ("cluster", "up"), ("trainer", "join"), ("model", "pull")}
 
 
 @pytest.mark.parametrize("argv", readme_flobc_commands(), ids=shlex.join)

@@ -1,0 +1,162 @@
+"""``flobc model pull``: a committed model version as a Keras file, trusted only once verified.
+
+The weights come from any of the given validators, and nothing they say is believed:
+``flobc.trainer.verify.ModelStore`` checks the checkpoint certificate and the Merkle
+proof of the record ``fl/model/<v>`` against the genesis validator keys, and the
+weights' SHA-256 against the proven record, exactly as a trainer does before it
+trains. Verification is always on: an unverified copy is one HTTP GET of
+``/fl/models/{v}/weights`` away and needs no command. Only then is the model named in
+genesis built, given the weights and saved as a ``.keras`` file that
+``keras.models.load_model`` opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flobc.cli import CliError
+from flobc.config import ConfigError, Genesis
+from flobc.consensus.light import VerificationError
+from flobc.trainer.client import ClientError, ValidatorClient
+from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
+from flobc.validator.fl.config import FLConfig
+from flobc.validator.fl.genesis import GENESIS_MODEL
+
+if TYPE_CHECKING:
+    import keras
+
+CERTIFY_WAIT_S = 30.0
+"""How long to wait for a stable checkpoint to cover an existing version."""
+POLL_S = 0.2
+
+# The store and the client log each validator they skip; the error says it all.
+logging.getLogger("flobc.trainer").addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True)
+class PulledModel:
+    version: int
+    hash: bytes
+    checkpoint: int
+    """Height of the checkpoint that certified it (0 for the genesis model)."""
+    model: str
+    path: Path
+
+
+def chain_settings(genesis: Genesis, path: Path) -> FLConfig:
+    """The learning settings of a genesis, or ConfigError if it is not a learning chain."""
+    settings = dict(genesis.app)
+    if settings.pop("name", None) != "fl":
+        raise ConfigError(f'{path} is not a learning chain\'s genesis ([app] name = "fl")')
+    return FLConfig.from_app(settings)
+
+
+def build(fl: FLConfig) -> keras.Model:
+    """The compiled model genesis names, with its seeded initial weights."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Nothing is computed here, only built and saved: oneDNN's numerics do not matter,
+    # and turning it off silences the notice TensorFlow prints about them on import.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from flobc.ml.models import build_model
+
+    try:
+        return build_model(fl.model, fl.seed)
+    except ValueError as exc:
+        raise ConfigError(f"genesis model: {exc}") from exc
+
+
+def genesis_model(genesis: Genesis, genesis_path: Path, fl: FLConfig
+                  ) -> tuple[VerifiedModel, keras.Model | None]:
+    """Version 0, checked against ``model_v0_hash``: from ``genesis-model.bin`` beside the
+    genesis, else rebuilt from the model name and seed (then also returned, built)."""
+    from flobc.ml.weights import encode_weights
+
+    beside = genesis_path.parent / GENESIS_MODEL
+    model = None
+    if beside.is_file():
+        blob = beside.read_bytes()
+    else:
+        model = build(fl)
+        blob = encode_weights(model.get_weights())
+    try:
+        v0 = verify_genesis_model(genesis, fl.model_v0_hash, blob, max_bytes=fl.max_blob_bytes)
+    except VerificationError as exc:
+        source = str(beside) if model is None else (
+            f"version 0 rebuilt from model {fl.model!r} and seed {fl.seed} (there is no "
+            f"{beside})")
+        raise VerificationError(f"{source}: {exc}") from exc
+    return v0, model
+
+
+def fetch_verified(store: ModelStore, client: ValidatorClient, version: int | None,
+                   wait_s: float) -> VerifiedModel:
+    """Version ``version`` (None: the latest the validators report), verified."""
+    if version != 0:
+        status = client.status()
+        if status is None:
+            raise CliError(f"{client.current} has not executed its first block yet")
+        if version is None:
+            version = status.version
+        elif version > status.version:
+            raise CliError(f"model version {version} does not exist yet: {client.current} "
+                           f"is at version {status.version}")
+    deadline = time.monotonic() + wait_s
+    while (model := store.get(version)) is None:
+        if time.monotonic() >= deadline:
+            raise CliError(f"no validator serves a checkpoint proof of model version "
+                           f"{version} after {wait_s:g} s")
+        time.sleep(POLL_S)
+    return model
+
+
+def save_keras(model: keras.Model, out: Path) -> None:
+    """Write ``out`` in one step: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out: Path, *,
+               wait_s: float = CERTIFY_WAIT_S) -> PulledModel:
+    """Fetch, verify and save model ``version`` (None: latest) as the Keras file ``out``."""
+    if out.suffix != ".keras":
+        raise CliError(f"--out {out} must end in .keras (the Keras file format)")
+    if not out.parent.is_dir():
+        raise CliError(f"{out.parent} is not a folder")
+    genesis = Genesis.load(genesis_path)
+    fl = chain_settings(genesis, genesis_path)
+    v0, model = genesis_model(genesis, genesis_path, fl)
+    with ValidatorClient(list(urls), max_blob_bytes=fl.max_blob_bytes) as client, \
+            tempfile.TemporaryDirectory(prefix="flobc-pull-") as scratch:
+        # The store keeps what it verified in a home; this one is thrown away.
+        store = ModelStore(genesis, v0, client, Path(scratch), max_bytes=fl.max_blob_bytes)
+        try:
+            verified = fetch_verified(store, client, version, wait_s)
+        except ClientError as exc:
+            raise CliError(str(exc)) from exc
+        except VerificationError as exc:
+            raise VerificationError(f"{exc} (checked against the keys in {genesis_path})"
+                                    ) from exc
+    from flobc.ml.learner import KerasLearner
+    from flobc.ml.weights import WeightsError
+
+    model = model or build(fl)
+    try:
+        KerasLearner(model).set_weights(verified.weights)
+    except WeightsError as exc:
+        raise VerificationError(f"model version {verified.version} does not fit model "
+                                f"{fl.model!r}: {exc}") from exc
+    save_keras(model, out)
+    return PulledModel(verified.version, verified.hash, verified.checkpoint, fl.model, out)
