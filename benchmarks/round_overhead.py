@@ -39,8 +39,9 @@ update (trainers noticing the round, fetching and verifying the model, training)
 ``cluster_trainer_phases_ms`` splits a trainer's part (means over trainers and measured
 rounds): ``to_verified_base`` from the version's block to the moment the trainer had
 fetched and verified it (the mtime of its cached copy in the trainer's home: noticing
-the round by polling, proof and weights over HTTP, verification), ``to_update_block``
-from then to its update's block (training, submission, inclusion in a block).
+the round through a held status request, proof and weights over HTTP, verification),
+``to_update_block`` from then to its update's block (training, submission, inclusion in
+a block).
 
 ``identical_models``: rounds whose in-process model has the cluster's version hash
 (training is seeded and both sum the same deltas in the same order, so they agree until
@@ -112,7 +113,7 @@ class Chain:
 def load_chain(workdir: Path, epochs: int) -> Chain:
     """Genesis, its settings, the trainers' configurations and keys, and version 0."""
     genesis = Genesis.load(workdir / "genesis.toml")
-    fl = FLConfig.from_app({k: v for k, v in genesis.app.items() if k != "name"})
+    fl = FLConfig.from_genesis(genesis, workdir / "genesis.toml")
     homes = sorted(workdir.glob("trainer-*"), key=lambda p: int(p.name.split("-")[1]))
     configs = [TrainerConfig.load(home, local_epochs=epochs) for home in homes]
     keys = [load_key(c.key_path).public_key for c in configs]

@@ -85,6 +85,10 @@ class ReplicaHost:
         self._snapshots: dict[int, Any] = {}
         self._proof: tuple[int, bytes, Any] | None = None
         self._on_commit: list[Callable[[int], None]] = []
+        self._on_latency: list[Callable[[list[int]], None]] = []
+        self._admitted_ms: dict[bytes, int] = {}
+        """When each transaction in the mempool was admitted here (local clock); an entry
+        leaves with its transaction, when its block executes."""
         self._view_seen = (0, False, 0)
         self.availability = Availability(ledger, app, index, send)
         self.committed = CommittedState(ledger)
@@ -154,6 +158,12 @@ class ReplicaHost:
         """Call ``callback(height)`` after each block is executed and stored."""
         self._on_commit.append(callback)
 
+    def on_commit_latency(self, callback: Callable[[list[int]], None]) -> None:
+        """Call ``callback(latencies_ms)`` after each block is executed and stored, with
+        one entry per transaction of the block that this validator admitted to its
+        mempool (from a client or a peer): the milliseconds from admission to commit."""
+        self._on_latency.append(callback)
+
     # --- queries ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -183,10 +193,14 @@ class ReplicaHost:
         self._view_seen = now
         if r.in_view_change:
             log.warning("validator %d: view change from view %d to %d (primary %d suspected)",
-                        self.index, r.view, r.target_view, r.primary)
+                        self.index, r.view, r.target_view, r.primary,
+                        extra={"event": "view_change", "view": r.view,
+                               "target_view": r.target_view, "suspected_primary": r.primary})
         else:
             log.info("validator %d: entered view %d, primary is %d, at height %d",
-                     self.index, r.view, r.primary, r.executed)
+                     self.index, r.view, r.primary, r.executed,
+                     extra={"event": "new_view", "view": r.view, "primary": r.primary,
+                            "height": r.executed})
 
     def _run(self, effects: Iterable[Effect]) -> None:
         self._log_view()
@@ -241,6 +255,10 @@ class ReplicaHost:
             self._use_snapshot()
         for callback in self._on_commit:
             callback(height)
+        now = self.now_ms()
+        latencies = [now - t for h in hashes if (t := self._admitted_ms.pop(h, None)) is not None]
+        for observe in self._on_latency:
+            observe(latencies)
         return self.replica.on_executed(self.now_ms(), height, root, block_time, checkpoint)
 
     def _stable(self, seq: int, cert: bytes) -> None:
@@ -274,8 +292,10 @@ class ReplicaHost:
                 checked.append((h, tx))
         if not checked:
             return results
-        reasons, effects = self.replica.add_txs(self.now_ms(), checked)
+        now = self.now_ms()
+        reasons, effects = self.replica.add_txs(now, checked)
         accepted = dict(zip([h for h, _ in checked], reasons, strict=True))
+        self._admitted_ms.update((h, now) for h, _ in checked if accepted[h] is None)
         results = [(h, r if r is not None else accepted.get(h)) for h, r in results]
         fresh = [tx for h, tx in checked if accepted[h] is None]
         needed = {d: given[d] for tx in fresh for d in self.app.required_blobs(tx) if d in given}

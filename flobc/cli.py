@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from flobc.config import (
 from flobc.consensus.light import VerificationError, verify_block, verify_state
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import PrivateKey
+from flobc.ml.data import DATASETS
+from flobc.ml.models import MODELS
 from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
 from flobc.validator.fl.config import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
 from flobc.validator.fl.genesis import (
@@ -55,15 +58,22 @@ class CliError(Exception):
 
 def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
                   params: ConsensusParams, force: bool = False,
-                  app: dict[str, Any] | None = None) -> list[NodeConfig]:
+                  app: dict[str, Any] | None = None, hosts: Sequence[str] | None = None,
+                  listen_host: str | None = None) -> list[NodeConfig]:
     """Write a genesis and one home folder per validator; return their configurations.
 
     Validator i listens for peers on ``base_port + 2i`` and serves its API on
     ``base_port + 2i + 1``; every validator lists all the others as peers. ``app`` is
-    the genesis ``[app]`` section (none: the key-value store).
+    the genesis ``[app]`` section (none: the key-value store). Validator i is reached at
+    ``hosts[i]`` (default: ``host`` for every validator) and listens on ``listen_host``
+    (default: the address it is reached at), e.g. ``0.0.0.0`` in a container whose
+    peers know it by its hostname.
     """
     if validators < 1:
         raise CliError(f"--validators must be at least 1, got {validators}")
+    hosts = list(hosts) if hosts is not None else [host] * validators
+    if len(hosts) != validators:
+        raise CliError(f"{len(hosts)} host(s) given for {validators} validator(s)")
     last_port = base_port + 2 * validators - 1
     if base_port < 1 or last_port > 65535:
         raise CliError(f"ports {base_port}..{last_port} are outside 1..65535")
@@ -75,14 +85,14 @@ def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_
                       params, app or {})
     genesis_text = genesis.to_toml()
     (out / "genesis.toml").write_text(genesis_text)
-    peers = [Peer(i, _address(host, base_port + 2 * i), _address(host, base_port + 2 * i + 1))
-             for i in range(validators)]
+    peers = testnet_peers(hosts, base_port)
+    listening = testnet_peers([listen_host] * validators, base_port) if listen_host else peers
     configs = []
     for i, key in enumerate(keys):
         home = out / f"validator-{i}"
         home.mkdir()
-        config = NodeConfig(home=home, index=i, peer_listen=peers[i].peer_address,
-                            api_listen=peers[i].api_address,
+        config = NodeConfig(home=home, index=i, peer_listen=listening[i].peer_address,
+                            api_listen=listening[i].api_address,
                             peers=tuple(p for p in peers if p.index != i))
         config.save()
         config.genesis_path.write_text(genesis_text)
@@ -105,8 +115,34 @@ def _prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def testnet_peers(hosts: Sequence[str], base_port: int) -> list[Peer]:
+    """Validator i's addresses: ``hosts[i]`` at ports ``base_port + 2i`` (peers) and
+    ``base_port + 2i + 1`` (API)."""
+    return [Peer(i, _address(h, base_port + 2 * i), _address(h, base_port + 2 * i + 1))
+            for i, h in enumerate(hosts)]
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _checked_host(text: str, flag: str) -> str:
+    if not text or not all(c.isascii() and (c.isalnum() or c in ".-_:") for c in text):
+        raise CliError(f"{flag}: {text!r} is not a host name or IP address")
+    return text
+
+
+def validator_hosts(spec: str, validators: int) -> list[str]:
+    """The hosts ``--hosts`` names: one per validator, comma-separated, or a single
+    template in which ``{i}`` stands for the validator's index (``validator{i}``)."""
+    if "{i}" in spec:
+        hosts = [spec.replace("{i}", str(i)) for i in range(validators)]
+    else:
+        hosts = [h.strip() for h in spec.split(",")]
+        if len(hosts) != validators:
+            raise CliError(f"--hosts names {len(hosts)} host(s) for {validators} "
+                           "validator(s); give one per validator, or a template with {i}")
+    return [_checked_host(h, "--hosts") for h in hosts]
 
 
 def _consensus_params(args: argparse.Namespace) -> ConsensusParams:
@@ -201,23 +237,34 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def cmd_testnet_init(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    hosts = (validator_hosts(args.hosts, args.validators) if args.hosts is not None
+             else [args.host] * args.validators)
+    listen_host = (_checked_host(args.listen_host, "--listen-host")
+                   if args.listen_host is not None else None)
     fl = _fl_genesis(args)
     configs = write_testnet(out, args.validators, chain_id=args.chain_id, host=args.host,
                             base_port=args.base_port, params=_consensus_params(args),
-                            force=args.force, app=fl.app if fl else None)
+                            force=args.force, app=fl.app if fl else None, hosts=hosts,
+                            listen_host=listen_host)
+    reached = testnet_peers(hosts, args.base_port)
     print(f"wrote testnet {args.chain_id!r} with {len(configs)} validator(s) to {out}")
-    for c in configs:
-        print(f"  {c.home}: peers at {c.peer_listen}, API at http://{c.api_listen}")
+    for c, at in zip(configs, reached, strict=True):
+        listening = f" (listening on {listen_host})" if listen_host else ""
+        print(f"  {c.home}: peers at {at.peer_address}, API at http://{at.api_address}"
+              f"{listening}")
     if fl is not None:
-        for home in write_fl_genesis_files(out, configs, fl):
+        for home in write_fl_genesis_files(out, configs, fl,
+                                           api_addresses=[p.api_address for p in reached]):
             print(f"  {home}: trainer")
         print(f"  model {fl.options.model} (seed {fl.options.seed}), version 0 hash "
               f"{fl.app['model_v0_hash']}")
+        print(f"  dataset {fl.options.dataset}"
+              + (f" at {fl.options.dataset_file}" if fl.options.dataset_file else ""))
     return 0
 
 
-FL_OPTIONS = ("trainers", "model", "seed", "sync", "aggregator", "admission",
-              "round_deadline_ms")
+FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "seed", "sync", "aggregator",
+              "admission", "round_deadline_ms")
 
 
 def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
@@ -235,7 +282,7 @@ def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
 def cmd_validator_start(args: argparse.Namespace) -> int:
     from flobc.validator.node import main_node
 
-    return main_node(Path(args.home))
+    return main_node(Path(args.home), args.log_format)
 
 
 def cmd_trainer_join(args: argparse.Namespace) -> int:
@@ -379,7 +426,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         validators=args.validators, trainers=args.trainers, rounds=args.rounds,
         history=args.history, sync=args.sync, aggregator=args.aggregator,
         round_deadline_ms=args.round_deadline_ms, epochs=args.epochs, behaviours=behaviours,
-        workdir=args.keep))
+        workdir=args.keep, model=args.model, dataset=args.dataset,
+        dataset_file=args.dataset_file))
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
@@ -441,8 +489,7 @@ def _add_fl_options(group: argparse._ArgumentGroup) -> None:
     defaults = FLOptions()
     group.add_argument("--trainers", type=_positive_int, metavar="N",
                        help=f"trainer homes to write (default: {defaults.trainers})")
-    group.add_argument("--model", metavar="NAME",
-                       help=f"model of the zoo (default: {defaults.model})")
+    _add_model_options(group)
     group.add_argument("--seed", type=_nonnegative_int, metavar="S",
                        help="seed of version 0 and of the data split "
                        f"(default: {defaults.seed})")
@@ -456,6 +503,21 @@ def _add_fl_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--round-deadline-ms", type=_positive_int, metavar="MS",
                        help="block time a round may stay open "
                        f"(default: {defaults.round_deadline_ms})")
+
+
+def _add_model_options(group: argparse._ActionsContainer) -> None:
+    """The model and dataset a learning chain's genesis names."""
+    defaults = FLOptions()
+    group.add_argument("--model", metavar="NAME",
+                       help=f"a model of the zoo ({', '.join(sorted(MODELS))}) or a builder "
+                       "package.module:function that every node can import "
+                       f"(default: {defaults.model})")
+    group.add_argument("--dataset", choices=DATASETS,
+                       help="the dataset every trainer and validator splits alike; file: an "
+                       f".npz with x and y (default: {defaults.dataset})")
+    group.add_argument("--dataset-file", metavar="FILE",
+                       help="the .npz of --dataset file, written into every node's config "
+                       "as an absolute path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,8 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of validators (n = 3f+1 tolerates f faults)")
     init.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     init.add_argument("--chain-id", default="flobc-testnet", help="default: %(default)s")
-    init.add_argument("--host", default="127.0.0.1", help="address validators listen on "
-                      "and reach each other at (default: %(default)s)")
+    where = init.add_mutually_exclusive_group()
+    where.add_argument("--host", default="127.0.0.1", help="address validators listen on "
+                       "and reach each other at (default: %(default)s)")
+    where.add_argument("--hosts", metavar="H0,H1,...", help="the address each validator is "
+                       "reached at by its peers and trainers, one per validator, or one "
+                       "template where {i} stands for the index, e.g. validator{i} (hosts "
+                       "of their own, as containers)")
+    init.add_argument("--listen-host", metavar="ADDR", help="address every validator "
+                      "listens on, e.g. 0.0.0.0 (default: the address it is reached at)")
     init.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                       help="first port (default: %(default)s)")
     init.add_argument("--force", action="store_true", help="write into a non-empty DIR, "
@@ -510,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = validator.add_parser("start", help="run one PBFT validator until interrupted")
     start.add_argument("--home", required=True, metavar="DIR",
                        help="validator home folder (as written by testnet init)")
+    start.add_argument("--log-format", choices=("text", "json"),
+                       help="log lines on stderr as human-readable text or as one JSON object "
+                            "per line (default: log_format in the home's config.toml)")
     start.set_defaults(func=cmd_validator_start)
 
     trainer = commands.add_parser("trainer", help="run a trainer").add_subparsers(
@@ -588,8 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = cluster.add_parser(
         "up", help="validators and trainers on loopback, with a live table of rounds",
         description="Write a learning testnet, start its validators and trainers as "
-        "processes on loopback (embedded MNIST sample, no network needed), and print one "
-        "row per committed round: updates accepted and rejected, accuracy on the test "
+        "processes on loopback (by default on the embedded MNIST sample: no network "
+        "needed), and print one row per committed round: updates accepted and rejected, "
+        "accuracy on the test "
         "split no trainer or validator uses, round time, height and model hash. Stops "
         "on Ctrl-C or after --rounds.")
     up.add_argument("--validators", type=_positive_int, default=4, help="default: %(default)s")
@@ -607,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local epochs per round (default: %(default)s)")
     up.add_argument("--byzantine", action="append", metavar="INDEX:BEHAVIOUR",
                     help="make trainer INDEX misbehave (sign_flip or noise); repeatable")
+    _add_model_options(up)
     up.add_argument("--keep", type=Path, metavar="DIR",
                     help="write the testnet to DIR and keep it (default: a temporary folder)")
     up.set_defaults(func=cmd_cluster_up)

@@ -29,6 +29,7 @@ from flobc.cli import CliError
 from flobc.config import Genesis
 from flobc.crypto import sha256
 from flobc.localnet import LocalNet, free_port_range
+from flobc.validator.fl.config import FLConfig
 
 POLL_S = 0.5
 COLUMNS = ("round", "accepted", "rejected", "accuracy", "seconds", "height", "model_hash")
@@ -50,6 +51,11 @@ class ClusterOptions:
     """Trainer index -> a Byzantine behaviour (experiments), e.g. {3: "sign_flip"}."""
     workdir: Path | None = None
     """Keep the testnet here (default: a temporary folder, removed at the end)."""
+    model: str | None = None
+    dataset: str | None = None
+    dataset_file: Path | None = None
+    """Model, dataset and the dataset's file as ``testnet init`` takes them (None: its
+    default)."""
 
 
 def init_testnet(out: Path, options: ClusterOptions) -> None:
@@ -59,6 +65,10 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
                "--out", str(out), "--base-port", str(free_port_range(2 * options.validators)),
                "--sync", options.sync, "--aggregator", options.aggregator,
                "--round-deadline-ms", str(options.round_deadline_ms)]
+    for flag, value in (("--model", options.model), ("--dataset", options.dataset),
+                        ("--dataset-file", options.dataset_file)):
+        if value is not None:
+            command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise CliError(f"testnet init failed: {done.stderr.strip() or done.stdout.strip()}")
@@ -117,15 +127,19 @@ class Trainers:
 class Monitor:
     """Turns each new committed model version into a history row."""
 
-    def __init__(self, genesis: Genesis, url: str) -> None:
+    def __init__(self, genesis: Genesis, url: str, dataset_file: Path | None = None) -> None:
+        """``dataset_file``: a copy of the dataset when genesis names ``dataset = "file"``."""
         from flobc.ml.data import load_dataset, split
         from flobc.ml.learner import KerasLearner
         from flobc.ml.models import build_model
 
-        app = genesis.app
-        self.test = split(load_dataset(), seed=int(app.get("seed", 0))).test
-        self.learner = KerasLearner(build_model(str(app.get("model", "mnist_cnn")),
-                                                int(app.get("seed", 0))))
+        fl = FLConfig.from_genesis(genesis)
+        try:  # DatasetError and ModelError: the user's file or builder
+            data = load_dataset(fl.dataset, None if dataset_file is None else str(dataset_file))
+            self.learner = KerasLearner(build_model(fl.model, fl.seed))
+        except ValueError as exc:
+            raise CliError(f"cannot measure test accuracy: {exc}") from exc
+        self.test = split(data, seed=fl.seed).test
         self.url = url
         self.client = httpx.Client(timeout=30.0)
         self.version = 0
@@ -215,8 +229,8 @@ def run_cluster(options: ClusterOptions) -> int:
         trainers = Trainers(workdir, options)
         trainers.start_all()
         print(f"{options.validators} validators and {len(trainers.homes)} trainers running; "
-              f"API {net.urls[0]}", flush=True)
-        monitor = Monitor(net.genesis, net.urls[0])
+              f"API and dashboard at {net.urls[0]}/", flush=True)
+        monitor = Monitor(net.genesis, net.urls[0], net.configs[0].dataset_path)
         print(HEADER, flush=True)
         while options.rounds is None or len(rows) < options.rounds:
             for row in monitor.new_rows():

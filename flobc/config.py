@@ -119,6 +119,13 @@ class NodeConfig:
     log_format: str = "text"
     max_request_bytes: int = 1024 * 1024
     mempool_max_txs: int = 10_000
+    dataset_file: str | None = None
+    """This node's copy of the dataset, when genesis names ``dataset = "file"``."""
+
+    def __post_init__(self) -> None:
+        if self.dataset_file is not None and not (isinstance(self.dataset_file, str)
+                                                  and self.dataset_file):
+            raise ConfigError(f"{self.home / 'config.toml'}: dataset_file must be a file name")
 
     @property
     def genesis_path(self) -> Path:
@@ -132,6 +139,10 @@ class NodeConfig:
     def data_path(self) -> Path:
         return self.home / self.data_dir
 
+    @property
+    def dataset_path(self) -> Path | None:
+        return None if self.dataset_file is None else self.home / self.dataset_file
+
     def to_toml(self) -> str:
         lines = [f"index = {self.index}", f'peer_listen = "{self.peer_listen}"',
                  f'api_listen = "{self.api_listen}"', f'genesis_file = "{self.genesis_file}"',
@@ -139,6 +150,8 @@ class NodeConfig:
                  f'log_format = "{self.log_format}"',
                  f"max_request_bytes = {self.max_request_bytes}",
                  f"mempool_max_txs = {self.mempool_max_txs}"]
+        if self.dataset_file is not None:
+            lines.append(f"dataset_file = {json.dumps(self.dataset_file)}")
         for p in self.peers:
             lines += ["", "[[peers]]", f"index = {p.index}",
                       f'peer_address = "{p.peer_address}"', f'api_address = "{p.api_address}"']

@@ -50,14 +50,6 @@ class PulledModel:
     path: Path
 
 
-def chain_settings(genesis: Genesis, path: Path) -> FLConfig:
-    """The learning settings of a genesis, or ConfigError if it is not a learning chain."""
-    settings = dict(genesis.app)
-    if settings.pop("name", None) != "fl":
-        raise ConfigError(f'{path} is not a learning chain\'s genesis ([app] name = "fl")')
-    return FLConfig.from_app(settings)
-
-
 def build(fl: FLConfig) -> keras.Model:
     """The compiled model genesis names, with its seeded initial weights."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -136,7 +128,7 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
     if not out.parent.is_dir():
         raise CliError(f"{out.parent} is not a folder")
     genesis = Genesis.load(genesis_path)
-    fl = chain_settings(genesis, genesis_path)
+    fl = FLConfig.from_genesis(genesis, genesis_path)
     v0, model = genesis_model(genesis, genesis_path, fl)
     with ValidatorClient(list(urls), max_blob_bytes=fl.max_blob_bytes) as client, \
             tempfile.TemporaryDirectory(prefix="flobc-pull-") as scratch:

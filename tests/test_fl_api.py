@@ -33,6 +33,8 @@ from flobc.consensus.messages import Block
 from flobc.crypto import PrivateKey, sha256
 from flobc.localnet import free_port_range
 from flobc.ml.weights import decode_weights, encode_weights
+from flobc.validator.fl.evaluator import Evaluator, EvaluatorSettings
+from flobc.validator.fl.genesis import DATASET
 from flobc.validator.fl.state import model_key
 from flobc.validator.fl.txs import Close, decode_tx, make_register, make_update
 
@@ -336,7 +338,37 @@ def test_status_and_records_answer(net: Net, history: History) -> None:
     assert all(t["trust"] == t["trust_micro"] / 1e6 for t in trainers)
 
 
+def test_every_validator_scores_each_version_on_the_test_split(net: Net,
+                                                                history: History) -> None:
+    """Scores are off-chain and per validator, but the test split and the weights are
+    the same everywhere, so every validator reports the same numbers, and they are
+    what an evaluator of our own gives for the weights the API serves."""
+    def scored() -> list[list[dict[str, Any]]] | None:
+        found = [net.fl("/fl/evaluations", i)["versions"] for i in range(VALIDATORS)]
+        done = all(s and s[-1]["version"] >= history.version for s in found)
+        return found if done else None
+    found = net.cluster.wait_until(scored, f"versions 0..{history.version} to be scored",
+                                   ROUND_TIMEOUT_S)
+    common = min(s[-1]["version"] for s in found)
+    first = [e for e in found[0] if e["version"] <= common]
+    assert [e["version"] for e in first] == list(range(common + 1))
+    assert all([e for e in s if e["version"] <= common] == first for s in found)
+    assert net.fl("/fl/evaluations?limit=1")["versions"][0]["version"] >= common
+    weights = net.cluster.get(0, f"/fl/models/{common}/weights").content
+    ours = Evaluator(EvaluatorSettings(net.genesis.app["model"], net.genesis.app["seed"],
+                                       DATASET, 0, VALIDATORS, MAX_BLOB_BYTES))
+    try:
+        score = ours.score(weights)
+    finally:
+        ours.stop()
+    assert (first[common]["accuracy"], first[common]["loss"]) == (score.accuracy, score.loss)
+    assert first[0]["accuracy"] < 0.3  # version 0 is untrained
+
+
 @pytest.mark.parametrize(("path", "status", "detail"), [
+    ("/fl/evaluations?limit=0", 422, "limit must be an integer in 1..1000"),
+    ("/fl/status?after_round=-1", 422, "after_round must be an integer"),
+    ("/fl/status?after_round=1&wait_ms=5001", 422, "wait_ms must be an integer in 0..5000"),
     ("/fl/models/99999999", 404, "no model version 99999999"),
     ("/fl/models/99999999/weights", 404, "no model version 99999999"),
     ("/fl/models/99999999/proof", 404, "no model version 99999999"),
@@ -398,8 +430,12 @@ def test_model_record_proves_against_genesis_keys_alone(net: Net, history: Histo
 def test_an_idle_round_is_closed_at_its_deadline(net: Net, history: History) -> None:
     status = net.fl("/fl/status")
     assert net.fl(f"/fl/rounds/{status['round']}")["updates"] == []
-    net.cluster.wait_until(lambda: net.fl("/fl/status")["round"] > status["round"],
-                           f"idle round {status['round']} to close", ROUND_TIMEOUT_S)
+    # Wait as trainers do: the validator holds the request until the next round opens.
+    held = net.cluster.wait_until(
+        lambda: (answer := net.fl(f"/fl/status?after_round={status['round']}&wait_ms=3000"))
+        ["round"] > status["round"] and answer, f"idle round {status['round']} to close",
+        ROUND_TIMEOUT_S)
+    assert held["version"] == status["version"] + 1
     assert now_ms() >= status["deadline_ms"]
     model = net.fl(f"/fl/models/{status['version'] + 1}")
     assert (model["round"], model["updates"]) == (status["round"], [])

@@ -145,9 +145,10 @@ class Chain:
                 for v, ok in zip(self.validators, verdicts, strict=False)]
 
     def close(self, validator: PrivateKey | None = None, round_: int | None = None,
-              at: int | None = None) -> list[str | None]:
+              at: int | None = None, deadline_ms: int | None = None) -> list[str | None]:
         key = validator or self.validators[0]
-        return self.block([make_close(key, CHAIN, round_ or self.meta.round)], at=at)
+        deadline = self.meta.deadline_ms if deadline_ms is None else deadline_ms
+        return self.block([make_close(key, CHAIN, round_ or self.meta.round, deadline)], at=at)
 
 
 @pytest.fixture
@@ -402,6 +403,25 @@ def test_ssp_extends_a_thin_round_once(paths: Iterator[Path]) -> None:
     chain.block(chain.votes(A, delta_of(1), ALL_ACCEPT))
     assert chain.close(at=T0 + 2 * DEADLINE) == [None]  # extended once only
     assert chain.meta.round == 2 and not chain.meta.extended
+
+
+def test_ssp_one_validator_extends_then_closes_the_same_round(paths: Iterator[Path]) -> None:
+    """The close that extends a round names the old deadline; the close of the extended
+    round names the new one, so one validator alone can do both (no replay)."""
+    chain = new_chain(paths, sync="ssp", ssp_min_fraction=0.75)
+    chain.register(A, B, C, D)
+    chain.submit(A, delta_of(1))
+    chain.block(chain.votes(A, delta_of(1), ALL_ACCEPT), at=T0 + 1)
+    assert chain.close(at=T0 + DEADLINE) == [None]
+    assert chain.meta.round == 1 and chain.meta.extended
+    stale = chain.close(at=T0 + DEADLINE + 1, deadline_ms=T0 + DEADLINE)
+    assert stale == [f"close of round 1 names deadline {T0 + DEADLINE} ms, but the round's "
+                     f"deadline is {T0 + 2 * DEADLINE} ms"]
+    assert chain.meta.round == 1
+    assert make_close(VALIDATORS[0], CHAIN, 1, T0 + DEADLINE) != make_close(
+        VALIDATORS[0], CHAIN, 1, T0 + 2 * DEADLINE)  # not a replay of the first
+    assert chain.close(at=T0 + 2 * DEADLINE) == [None]
+    assert chain.meta.round == 2 and chain.meta.version == 1
 
     full = new_chain(paths, sync="ssp", ssp_min_fraction=0.75)
     full.register(A, B, C, D)
@@ -769,7 +789,7 @@ def _op(kind: str, i: int, r: int, flag: bool, k: int) -> tuple[bytes, list[byte
         digest = sha256(encode_weights(delta_of(k % 4)))
         return make_vote(VALIDATORS[i], CHAIN, r, TRAINERS[k % 4].public_key, digest,
                          flag or k > 1, k), []
-    return make_close(VALIDATORS[i] if flag else TRAINERS[i], CHAIN, r), []
+    return make_close(VALIDATORS[i] if flag else TRAINERS[i], CHAIN, r, k), []
 
 
 def _votes_on_pending(chain: Chain, verdicts: list[bool]) -> list[bytes]:

@@ -1,12 +1,18 @@
-"""The learning settings in genesis: defaults, strict parsing, TOML round trip."""
+"""The learning settings in genesis: defaults, strict parsing, TOML round trip; the model
+and dataset a chain names, and where each node finds that dataset."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from flobc.config import ConfigError, Genesis, ValidatorInfo
+from flobc.cli import main
+from flobc.config import ConfigError, Genesis, NodeConfig, ValidatorInfo
 from flobc.crypto import PrivateKey, sha256
 from flobc.validator.fl.config import FLConfig
+from flobc.validator.fl.genesis import node_dataset_file
 
 V0 = sha256(b"model v0")
 TRAINERS = tuple(PrivateKey(bytes([i]) * 32).public_key for i in range(1, 4))
@@ -83,3 +89,96 @@ def test_lists_are_written_as_toml_arrays() -> None:
                       app={"names": ["a", "b\"c"], "sizes": [1, 2.5], "empty": []})
     assert 'names = ["a", "b\\"c"]' in genesis.to_toml()
     assert Genesis.from_toml(genesis.to_toml()).app == genesis.app
+
+
+def fl_genesis(app: dict) -> Genesis:
+    return Genesis("fl-test", 0, (ValidatorInfo("v0", TRAINERS[0]),), app=app)
+
+
+def test_from_genesis_reads_a_learning_chain_and_refuses_others() -> None:
+    config = FLConfig(V0, admission="open", dataset="file")
+    assert FLConfig.from_genesis(fl_genesis({"name": "fl", **config.to_app_dict()})) == config
+    for app in ({}, {"name": "kv"}, config.to_app_dict()):
+        with pytest.raises(ConfigError, match=r"net/genesis.toml is not a learning chain's "
+                                              r'genesis \(\[app\] name = "fl"\)'):
+            FLConfig.from_genesis(fl_genesis(app), "net/genesis.toml")
+
+
+@pytest.mark.parametrize("model", ["mnist_cnn", "mnist_mlp", "model:build",
+                                   "my_models.vision.small:build_v2", "_m:_f"])
+def test_model_is_the_zoo_or_a_builder_reference(model: str) -> None:
+    assert FLConfig(V0, admission="open", model=model).model == model
+
+
+@pytest.mark.parametrize("model", ["resnet", "model:", ":build", "model.build", "a b:c",
+                                   "pkg..mod:f", "pkg.mod:f.g", "1pkg:f", "m:f" + "x" * 126])
+def test_a_model_that_names_nothing_is_refused_before_anything_is_imported(model: str) -> None:
+    with pytest.raises(ConfigError, match=r"app.model must be a model of the zoo \(mnist_cnn, "
+                                          r"mnist_mlp\) or a builder named "
+                                          r"package.module:function"):
+        FLConfig(V0, admission="open", model=model)
+
+
+def test_dataset_defaults_to_the_embedded_sample_and_is_checked() -> None:
+    assert FLConfig(V0, admission="open").dataset == "mnist_5k"
+    with pytest.raises(ConfigError, match="app.dataset must be one of .*got 'cifar10'"):
+        FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open",
+                           "dataset": "cifar10"})
+
+
+def node(tmp_path: Path, dataset_file: str | None) -> NodeConfig:
+    config = NodeConfig(home=tmp_path, index=0, peer_listen="127.0.0.1:1",
+                        api_listen="127.0.0.1:2", peers=(), dataset_file=dataset_file)
+    config.save()
+    return NodeConfig.load(tmp_path)
+
+
+def test_a_node_config_keeps_its_dataset_file(tmp_path: Path) -> None:
+    assert node(tmp_path, None).dataset_file is None
+    assert "dataset_file" not in (tmp_path / "config.toml").read_text()
+    loaded = node(tmp_path, "data/my digits.npz")
+    assert loaded.dataset_file == "data/my digits.npz"
+    assert loaded.dataset_path == tmp_path / "data" / "my digits.npz"
+    (tmp_path / "config.toml").write_text((tmp_path / "config.toml").read_text()
+                                          .replace('"data/my digits.npz"', "3"))
+    with pytest.raises(ConfigError, match="config.toml: dataset_file must be a file name"):
+        NodeConfig.load(tmp_path)
+
+
+def test_a_validator_evaluates_on_its_own_copy_of_a_file_dataset(tmp_path: Path) -> None:
+    file_chain = FLConfig(V0, admission="open", dataset="file")
+    (tmp_path / "digits.npz").write_bytes(b"")
+    assert node_dataset_file(node(tmp_path, "digits.npz"), file_chain) == str(
+        tmp_path / "digits.npz")
+    assert node_dataset_file(node(tmp_path, None), FLConfig(V0, admission="open")) is None
+    cases = [(None, file_chain, 'genesis names app.dataset = "file"; set dataset_file'),
+             ("missing.npz", file_chain, "dataset_file '.*missing.npz' is not a file"),
+             ("digits.npz", FLConfig(V0, admission="open"),
+              "dataset_file is only used when genesis names app.dataset = \"file\" "
+              "\\(it names 'mnist_5k'\\)")]
+    for dataset_file, fl, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            node_dataset_file(node(tmp_path, dataset_file), fl)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--dataset", "file"], "--dataset-file is needed with --dataset file, and only with it"),
+    (["--dataset-file", "x.npz"], "--dataset-file is needed with --dataset file"),
+    (["--dataset", "file", "--dataset-file", "missing.npz"],
+     "--dataset-file: .*missing.npz: not a readable .npz file"),
+    (["--model", "no such:model"], "app.model must be a model of the zoo"),
+])
+def test_testnet_init_refuses_a_dataset_or_model_it_cannot_use(
+        tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    out = tmp_path / "net"
+    assert main(["testnet", "init", "--app", "fl", "--validators", "1", "--out", str(out),
+                 *argv]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists(), "nothing is written before the settings are checked"
+
+
+def test_dataset_options_only_apply_to_a_learning_chain(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["testnet", "init", "--validators", "1", "--out", str(tmp_path / "net"),
+                 "--dataset", "mnist_5k", "--dataset-file", "x.npz"]) == 1
+    assert "--dataset, --dataset-file only apply with --app fl" in capsys.readouterr().err

@@ -36,12 +36,13 @@ def test_each_kind_round_trips_with_its_signer() -> None:
     vote = make_vote(VALIDATOR, CHAIN, 3, TRAINER.public_key, BLOB, False, -25)
     assert decode_tx(vote, CHAIN) == Vote(VALIDATOR.public_key, 3, TRAINER.public_key, BLOB,
                                           False, -25)
-    assert decode_tx(make_close(VALIDATOR, CHAIN, 4), CHAIN) == Close(VALIDATOR.public_key, 4)
+    close = make_close(VALIDATOR, CHAIN, 4, 12_000)
+    assert decode_tx(close, CHAIN) == Close(VALIDATOR.public_key, 4, 12_000)
     assert all(len(tx) <= MAX_TX_BYTES for tx in (update, vote))
 
 
 def test_a_transaction_for_another_chain_does_not_verify() -> None:
-    tx = make_close(VALIDATOR, "other-chain", 4)
+    tx = make_close(VALIDATOR, "other-chain", 4, 0)
     assert decode_tx(tx, CHAIN) == "bad signature (or a transaction for another chain)"
 
 
@@ -56,9 +57,9 @@ def test_a_changed_body_or_kind_breaks_the_signature() -> None:
                                                              412, 913, 9))
     body[3] = 60_000  # claim more samples
     assert "bad signature" in decode_tx(codec.pack([kind, body, signer, signature]), CHAIN)
-    kind, body, signer, signature = codec.unpack(make_close(VALIDATOR, CHAIN, 4))
-    assert "bad signature" in decode_tx(codec.pack(["register", body, signer, signature]),
-                                        CHAIN)
+    # Signed as a register, sent as a close of the same (well-formed) body.
+    _, body, signer, signature = codec.unpack(_resigned("register", [4, 0], VALIDATOR))
+    assert "bad signature" in decode_tx(codec.pack(["close", body, signer, signature]), CHAIN)
 
 
 @pytest.mark.parametrize(("kind", "body", "reason"), [
@@ -76,8 +77,9 @@ def test_a_changed_body_or_kind_breaks_the_signature() -> None:
     ("vote", [1, b"short", BLOB, True, 0], "trainer must be 32 bytes"),
     ("vote", [1, BLOB, BLOB, 1, 0], "accept must be true or false"),
     ("vote", [1, BLOB, BLOB, True, 2**31], "score_milli must be an integer"),
-    ("close", [1, 2], "close body must be [round]"),
-    ("close", ["1"], "round must be an integer"),
+    ("close", [1], "close body must be [round, deadline_ms]"),
+    ("close", ["1", 0], "round must be an integer"),
+    ("close", [1, -1], "deadline_ms must be an integer"),
     ("mint", [1], "unknown transaction kind 'mint'"),
 ])
 def test_fields_out_of_shape_or_bounds_are_named(kind: str, body: list, reason: str) -> None:
@@ -101,10 +103,10 @@ def test_envelope_problems_are_named() -> None:
 
 
 def test_a_non_canonical_encoding_is_refused() -> None:
-    kind, body, signer, signature = codec.unpack(make_close(VALIDATOR, CHAIN, 4))
+    kind, body, signer, signature = codec.unpack(make_close(VALIDATOR, CHAIN, 4, 0))
     # The round as a 64-bit integer instead of msgpack's shortest form.
     loose = msgpack.packb([kind, [], signer, signature], use_bin_type=True)
-    loose = loose.replace(b"\x90", b"\x91\xcf" + (4).to_bytes(8, "big"), 1)
+    loose = loose.replace(b"\x90", b"\x92\xcf" + (4).to_bytes(8, "big") + b"\x00", 1)
     assert codec.unpack(loose) == [kind, body, signer, signature]
     assert decode_tx(loose, CHAIN) == "tx is not canonically encoded"
 

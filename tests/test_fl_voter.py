@@ -14,7 +14,10 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import astuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,7 +212,7 @@ def test_decide_at_its_boundaries() -> None:
     assert decide(Evaluation(2.5, 0.05, 2.5 + LOSS_SLACK, 0.05 - ACCURACY_SLACK))[0]
     assert not decide(Evaluation(2.5, 0.05, 2.5 + 1.01 * LOSS_SLACK, 0.05))[0]
     assert decide(Evaluation(2.0, 0.5, 1.5, 0.6)) == (True, 500)
-    assert decide(Evaluation(2.0, 0.5, 2.25, 0.5)) == (True, -250)
+    assert decide(Evaluation(2.0, 0.5, 2.15, 0.5)) == (True, -150)
     accept, score = decide(Evaluation(base_loss, base_acc, math.inf, 0.1))
     assert not accept and score == -(2**31)
     assert not decide(Evaluation(base_loss, base_acc, math.nan, base_acc))[0]
@@ -225,3 +228,48 @@ def test_the_validator_side_never_imports_tensorflow() -> None:
                          check=True).stdout
     assert out.strip() == "[]"
 
+
+
+def test_models_are_scored_on_the_test_split_alike_by_every_validator(
+        evaluators: list[Evaluator], base: Weights, rounds: list[Round]) -> None:
+    """The test split is the same for all validators, unlike their hold-out shards."""
+    untrained = [e.score(encode_weights(base)) for e in evaluators]
+    trained_base, deltas = rounds[-1]
+    trained = [b + sum(ds) / len(ds) for b, *ds in zip(trained_base, *deltas, strict=True)]
+    scores = [e.score(encode_weights(trained)) for e in evaluators]
+    assert len(set(untrained)) == 1 and len(set(scores)) == 1
+    assert untrained[0].accuracy < 0.3 < 0.8 < scores[0].accuracy
+    assert scores[0].loss < untrained[0].loss
+    with pytest.raises(EvaluatorError, match="WeightsError"):
+        evaluators[0].score(b"\xc1")
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_the_worker_dies_with_a_killed_node() -> None:
+    """kill -9 of the node must not leave its evaluator (and TensorFlow) running."""
+    code = ("import sys, time\n"
+            "from flobc.validator.fl.evaluator import Evaluator, EvaluatorSettings\n"
+            f"e = Evaluator(EvaluatorSettings(*{astuple(settings(0))!r}))\n"
+            "e.start(); e.wait_ready(); print(e.pid, flush=True); time.sleep(600)\n")
+    node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert node.stdout is not None
+        worker = int(node.stdout.readline())
+        assert not _gone(worker)
+        node.kill()
+        node.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(worker), f"evaluator worker {worker} outlived its node"
+    finally:
+        node.kill()
+        node.wait()

@@ -1,13 +1,19 @@
-"""trainer.toml and its command-line overrides: what loads, and clear errors otherwise."""
+"""trainer.toml and its command-line overrides: what loads, and clear errors otherwise;
+settings that contradict the chain's genesis."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from flobc.config import ConfigError
+from flobc.config import ConfigError, Genesis, ValidatorInfo, save_key
+from flobc.crypto import PrivateKey, sha256
+from flobc.ml.weights import encode_weights
 from flobc.trainer.config import TrainerConfig
+from flobc.trainer.loop import Trainer, keras_learner
+from flobc.validator.fl.config import FLConfig
 
 VALID = """\
 validators = ["http://127.0.0.1:26601", "http://127.0.0.1:26603"]
@@ -85,3 +91,31 @@ def test_a_bad_file_is_refused_naming_the_setting(tmp_path: Path, text: str, fra
 def test_a_missing_file_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read .*trainer.toml: No such file"):
         TrainerConfig.load(tmp_path)
+
+
+def learning_home(home: Path, trainer_toml: str, **settings: object) -> TrainerConfig:
+    """A trainer home of a one-validator learning chain with ``settings`` in genesis
+    (a tiny stand-in genesis model: nothing here builds one)."""
+    key = PrivateKey.generate()
+    model_v0 = encode_weights([np.zeros((2, 2), np.float32)])
+    fl = FLConfig(sha256(model_v0), trainers=(key.public_key,), **settings)
+    genesis = Genesis("trainer-test", 0, (ValidatorInfo("v0", PrivateKey.generate().public_key),),
+                      app={"name": "fl", **fl.to_app_dict()})
+    (home / "genesis.toml").write_text(genesis.to_toml())
+    (home / "genesis-model.bin").write_bytes(model_v0)
+    save_key(home / "trainer_key.json", key)
+    return TrainerConfig.load(home_with(home, trainer_toml))
+
+
+def test_a_dataset_other_than_the_chains_is_refused(tmp_path: Path):
+    cfg = learning_home(tmp_path, VALID, dataset="file")
+    with pytest.raises(ConfigError, match=r"dataset 'mnist_5k' in .*trainer.toml contradicts "
+                                          r"the chain's dataset 'file' in .*genesis.toml"):
+        Trainer(cfg, keras_learner)
+
+
+def test_a_chain_model_this_trainer_cannot_import_is_named(tmp_path: Path):
+    cfg = learning_home(tmp_path, VALID, model="no_such_flobc_models:build")
+    with pytest.raises(ConfigError, match="cannot build the chain's model: .*cannot import "
+                                          "module 'no_such_flobc_models'"):
+        Trainer(cfg, keras_learner)

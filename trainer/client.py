@@ -151,9 +151,12 @@ class ValidatorClient:
 
     # --- the FL API ---------------------------------------------------------------------
 
-    def status(self) -> FLStatus | None:
-        """The open round and latest version; None before the chain's first block."""
-        return self._call("GET", "/fl/status", _status, allow_404=True)
+    def status(self, after_round: int | None = None, wait_ms: int = 0) -> FLStatus | None:
+        """The open round and latest version; None before the chain's first block. With
+        ``after_round``, the validator holds the answer up to ``wait_ms`` until a later
+        round opens."""
+        query = "" if after_round is None else f"?after_round={after_round}&wait_ms={wait_ms}"
+        return self._call("GET", "/fl/status" + query, _status, allow_404=True)
 
     def trainers(self) -> dict[bytes, TrainerInfo]:
         return self._call("GET", "/fl/trainers", _trainers)

@@ -38,6 +38,7 @@ class TrainerConfig:
     partitioner: str = "iid"
     partitioner_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist_5k"
+    """Must be the dataset genesis names (``app.dataset``): validators vote on its split."""
     dataset_path: str | None = None
     """The .npz file for ``dataset = "file"``, relative to the home."""
     local_epochs: int = 1

@@ -5,8 +5,10 @@ Each round the trainer reads ``/fl/status``, skips the round if it already sent 
 update for it (its journal says so, or the chain shows one), fetches and verifies the
 round's base version, trains on its own partition of the data with a seed derived from
 the round (so retraining a round gives the same update, as far as TensorFlow allows),
-and POSTs the delta beside its update transaction. Waiting is polling with back-off;
-SIGINT or SIGTERM stops it between steps, never half-way through writing a file.
+and POSTs the delta beside its update transaction. It learns of the next round from a
+status request that the validator holds until that round opens (long polling); other
+waits poll with back-off. SIGINT or SIGTERM stops it between steps, never half-way
+through writing a file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from flobc.consensus.light import VerificationError
 from flobc.crypto import sha256
 from flobc.ml.data import Dataset, DatasetError, load_dataset, split
 from flobc.ml.learner import Learner
+from flobc.ml.models import ModelError
 from flobc.ml.partition import partition
 from flobc.ml.weights import all_finite, encode_weights
 from flobc.trainer.byzantine import transform
@@ -42,7 +45,7 @@ from flobc.trainer.client import (
     ValidatorClient,
     ValidatorRefused,
 )
-from flobc.trainer.config import TrainerConfig
+from flobc.trainer.config import CONFIG_FILE, TrainerConfig
 from flobc.trainer.journal import ON_CHAIN, SENDING, SUBMITTED, Journal
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
 from flobc.validator.fl.config import FLConfig
@@ -54,6 +57,8 @@ T = TypeVar("T")
 
 POLL_S = 0.1
 MAX_POLL_S = 2.0
+ROUND_WAIT_MS = 4000
+"""How long a validator may hold a status request that waits for the next round."""
 REGISTER_RESEND_S = 30.0
 """A register not on chain by then is sent again (a crashed validator may have lost it)."""
 
@@ -138,14 +143,14 @@ class Trainer:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.genesis = Genesis.load(cfg.genesis_path)
-        settings = dict(self.genesis.app)
-        if settings.pop("name", None) != "fl":
-            raise ConfigError(f"{cfg.genesis_path} is not a learning chain's genesis "
-                              '([app] name = "fl")')
-        self.fl = FLConfig.from_app(settings)
+        self.fl = FLConfig.from_genesis(self.genesis, cfg.genesis_path)
         if cfg.model is not None and cfg.model != self.fl.model:
             raise ConfigError(f"model {cfg.model!r} does not match the chain's model "
                               f"{self.fl.model!r} in {cfg.genesis_path}")
+        if cfg.dataset != self.fl.dataset:
+            raise ConfigError(f"dataset {cfg.dataset!r} in {cfg.home / CONFIG_FILE} "
+                              f"contradicts the chain's dataset {self.fl.dataset!r} in "
+                              f"{cfg.genesis_path}: validators would vote on another one")
         self.key = load_key(cfg.key_path)
         try:
             blob = cfg.genesis_model_path.read_bytes()
@@ -160,7 +165,10 @@ class Trainer:
                                  max_bytes=self.fl.max_blob_bytes)
         self.journal = Journal(cfg.home)
         self.data = local_data(cfg, self.fl.seed)
-        self.learner = learner_factory(self.fl.model, self.fl.seed)
+        try:
+            self.learner = learner_factory(self.fl.model, self.fl.seed)
+        except ModelError as exc:
+            raise ConfigError(f"cannot build the chain's model: {exc}") from exc
         self._poller = Poller(self.stop, self.rng)
 
     def close(self) -> None:
@@ -258,17 +266,23 @@ class Trainer:
                  update.loss, update.accuracy, tx_hash, self.client.current)
         return Outcome.SUBMITTED
 
-    def _status(self) -> FLStatus:
-        """The chain's status, once it has one (it has none before its first block)."""
+    def _status(self, after_round: int | None = None) -> FLStatus:
+        """The chain's status, once it has one (it has none before its first block);
+        with ``after_round``, as soon as a later round opens or the validator's wait ends."""
         poller = Poller(self.stop, self.rng)
-        while (status := self._retrying(self.client.status)) is None:
+        while (status := self._retrying(
+                lambda: self.client.status(after_round, ROUND_WAIT_MS))) is None:
             poller.wait()
         return status
 
     def _wait_for_round_after(self, round_: int) -> None:
         self._poller.reset()
-        while self._status().round <= round_:
-            self._poller.wait()
+        while True:
+            asked = time.monotonic()
+            if self._status(after_round=round_).round > round_:
+                return
+            if time.monotonic() - asked < ROUND_WAIT_MS / 2000:
+                self._poller.wait()  # answered early without a new round: do not spin
 
     def _retrying(self, call: Callable[[], T], *, retry_refusals: bool = True) -> T:
         """``call()``, again after a back-off for as long as no validator can answer it

@@ -13,7 +13,7 @@ import asyncio
 import re
 from typing import Any, Protocol
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
@@ -25,6 +25,8 @@ from flobc.consensus.application import Application
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
 from flobc.validator.fl.app import FLApp
+from flobc.validator.fl.voter import Voter
+from flobc.validator.metrics import NodeMetrics
 
 MAX_BATCH_TXS = 2000
 MAX_HEIGHT = 2**63 - 1
@@ -42,6 +44,9 @@ class ApiNode(Protocol):
     app: Application
     host: ReplicaHost
     transport: Transport
+    voter: Voter | None
+    """A learning chain's voter (None for other applications)."""
+    metrics: NodeMetrics
 
 
 def create_api(node: ApiNode) -> FastAPI:
@@ -97,6 +102,14 @@ def create_api(node: ApiNode) -> FastAPI:
                 "index": node.config.index, "peers_connected": node.transport.connected_peers(),
                 "outgoing_frames_dropped": node.transport.dropped_frames()}
 
+    @api.get("/metrics", response_class=Response, responses={200: {"content": {
+        "text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this validator (text exposition format, or OpenMetrics
+        when the Accept header asks for it)."""
+        body, content_type = node.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     @api.get("/blocks/{height}")
     async def get_block(height: str) -> dict[str, Any]:
         """A committed block with its commit certificate, both hex-encoded."""
@@ -119,9 +132,12 @@ def create_api(node: ApiNode) -> FastAPI:
         # Imported here because the learning endpoints build on this module's helpers.
         from flobc.validator.fl.api import fl_router
 
-        api.include_router(fl_router(node, node.app))
+        api.include_router(fl_router(node, node.app, node.voter))
     else:
         api.include_router(_kv_router(node))
+    from flobc.validator.dashboard_api import dashboard_router
+
+    api.include_router(dashboard_router(node))
     return api
 
 

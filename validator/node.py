@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import signal
 import socket
@@ -28,13 +26,16 @@ from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey
+from flobc.ml.models import ModelError, check_importable
 from flobc.storage.ledger import Ledger
 from flobc.validator.api import create_api
 from flobc.validator.fl.app import FLApp
 from flobc.validator.fl.evaluator import Evaluator, EvaluatorSettings
-from flobc.validator.fl.genesis import DATASET, load_genesis_model
+from flobc.validator.fl.genesis import load_genesis_model, node_dataset_file
 from flobc.validator.fl.voter import Voter
 from flobc.validator.kvstore import KVStore
+from flobc.validator.logs import LOG_FORMATS, configure_logging
+from flobc.validator.metrics import NodeMetrics
 
 log = logging.getLogger("flobc.node")
 
@@ -97,14 +98,16 @@ class Node:
             mempool_max_txs=config.mempool_max_txs)
         self.voter = self._voter(key) if isinstance(self.app, FLApp) else None
         """A learning chain's off-chain duties: votes and closing late rounds."""
+        self.metrics = NodeMetrics(self.host, self.transport, self.app, self.voter)
 
     def _voter(self, key: PrivateKey) -> Voter:
         app = self.app
         assert isinstance(app, FLApp)
         settings = EvaluatorSettings(
-            model=app.config.model, seed=app.config.seed, dataset=DATASET,
+            model=app.config.model, seed=app.config.seed, dataset=app.config.dataset,
             shard_index=self.config.index, shard_count=len(self.genesis.validators),
-            max_blob_bytes=app.config.max_blob_bytes)
+            max_blob_bytes=app.config.max_blob_bytes,
+            dataset_file=node_dataset_file(self.config, app.config))
         return Voter(self.host, key, self.genesis.chain_id, Evaluator(settings))
 
     def _guarded(self, call: Callable[..., None]) -> Callable[..., None]:
@@ -129,13 +132,16 @@ def load_application(config: NodeConfig, genesis: Genesis, ledger: Ledger) -> Ap
     the rest of ``[app]`` is that application's settings. A learning chain's version-0
     weights are checked against genesis and stored before consensus starts, so the
     first block can refer to them."""
-    settings = dict(genesis.app)
-    name = settings.pop("name", "kv")
+    name = genesis.app.get("name", "kv")
     if name == "kv":
         return KVStore()
     if name == "fl":
         model_v0 = load_genesis_model(config.genesis_path)
-        app = FLApp.from_genesis(dataclasses.replace(genesis, app=settings), model_v0)
+        app = FLApp.from_genesis(genesis, model_v0)
+        try:  # the evaluator builds the model; a validator that cannot would never vote
+            check_importable(app.config.model)
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from exc
         ledger.put_blob(model_v0)
         return app
     raise ConfigError(f"genesis app.name {name!r} is not an application; use 'kv' or 'fl'")
@@ -221,21 +227,26 @@ async def _serve(node: Node, api_socket: socket.socket, stop: asyncio.Event) -> 
         log.info("validator %d stopped at height %d", node.config.index, node.ledger.height)
 
 
-def main_node(home: Path) -> int:
-    """Run the validator until SIGINT or SIGTERM; 0 after a clean stop, 1 on an error."""
+def main_node(home: Path, log_format: str | None = None) -> int:
+    """Run the validator until SIGINT or SIGTERM; 0 after a clean stop, 1 on an error.
+    ``log_format`` (text or json) overrides the configuration's ``log_format``."""
     try:
         config = NodeConfig.load(home)
-        if config.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format must be 'text' or 'json', not {config.log_format!r}")
+        log_format = log_format or config.log_format
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be 'text' or 'json', not {log_format!r}")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _configure_logging(config.log_format)
+    captured = configure_logging(log_format)
     try:
         asyncio.run(_run_until_signalled(home))
     except (ConfigError, NodeFailure, OSError) as exc:
         log.error("validator not running: %s", exc)
         return 1
+    finally:
+        if captured is not None:
+            captured.close()
     return 0
 
 
@@ -249,16 +260,3 @@ async def _run_until_signalled(home: Path) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname,
-                           "logger": record.name, "message": record.getMessage()})
-
-
-def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -6,10 +6,21 @@ depend on the seed alone: each layer gets its own explicitly seeded initializer
 with plain SGD, FedAvg's local optimizer: it keeps no state between rounds.
 Keras is imported inside the functions because importing TensorFlow takes
 seconds.
+
+Besides the zoo's names, a model may be named ``package.module:function``: a
+builder ``function(seed: int) -> keras.Model`` that every validator and trainer
+imports from its own path (PYTHONPATH or an installed package). The same rules
+hold for it as for the zoo: it takes the dataset's (28, 28, 1) images and outputs
+probabilities over the 10 classes, and seeds every initializer from ``seed``.
+flobc compiles what it returns with its own SGD settings (a compile in the builder
+is replaced), so that every participant trains alike.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +32,17 @@ if TYPE_CHECKING:
 INPUT_SHAPE = (28, 28, 1)
 N_CLASSES = 10
 LEARNING_RATE = 0.1
+CLIP_NORM = 3.0
+"""Each SGD step's gradient is scaled down to this global norm at most. Without it, one
+epoch on 1,000 samples now and then ends on a step that throws an honest model far off
+(its loss on a validator's shard up 1.4 to 2.5 above the base's), and validators rightly
+reject it; with it, such steps stay small and learning is as fast (docs/benchmarks.md)."""
+BUILDER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
+"""``package.module:function``, the form of a model name outside the zoo."""
+
+
+class ModelError(ValueError):
+    """A model name that names nothing buildable, or a builder that breaks the rules."""
 
 
 def _layer_seeds(seed: int, n: int) -> list[int]:
@@ -65,21 +87,101 @@ MODELS: dict[str, Callable[[int], keras.Model]] = {
 DEFAULT_MODEL = "mnist_cnn"
 
 
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` is a zoo name or has the form ``package.module:function``
+    (nothing is imported: genesis is checked without TensorFlow)."""
+    return isinstance(name, str) and (name in MODELS or BUILDER_NAME.fullmatch(name) is not None)
+
+
+def model_builder(name: str) -> Callable[[int], keras.Model]:
+    """The function that builds model ``name``: from the zoo, or imported."""
+    if name in MODELS:
+        return MODELS[name]
+    if BUILDER_NAME.fullmatch(name) is None:
+        raise ModelError(f"unknown model {name!r}; known models: "
+                         f"{', '.join(sorted(MODELS))}, or a builder named "
+                         "package.module:function")
+    module_name, _, function = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise _not_on_path(name, exc) from exc
+    except Exception as exc:  # the module's own code failed while importing
+        raise ModelError(f"model {name!r}: importing module {module_name!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise ModelError(f"model {name!r}: module {module_name!r} has no function "
+                         f"{function!r}")
+    return builder
+
+
+def check_importable(name: str) -> None:
+    """ModelError unless model ``name``'s module is on this process's path. The module is
+    found, not run, so a process that must not import TensorFlow can check early."""
+    if name in MODELS:
+        return
+    module_name = name.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ImportError as exc:  # a parent package is missing
+        raise _not_on_path(name, exc) from exc
+    if found is None:
+        raise _not_on_path(name, ModuleNotFoundError(f"No module named {module_name!r}"))
+
+
+def _not_on_path(name: str, exc: ImportError) -> ModelError:
+    return ModelError(f"model {name!r}: cannot import module {name.partition(':')[0]!r} "
+                      f"({exc}); every validator and trainer needs it on its path "
+                      "(PYTHONPATH, or install it)")
+
+
 def build_model(name: str, seed: int) -> keras.Model:
     """A compiled model whose initial weights depend only on ``name`` and ``seed``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    builder = model_builder(name)
     import keras
 
-    model = MODELS[name](seed)
+    model = builder(seed)
+    _check_shape(name, model)
     model.compile(
-        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, global_clipnorm=CLIP_NORM),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
 
 
+def _check_shape(name: str, model: object) -> None:
+    """A builder's model must take the dataset's images and give one probability per class."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"model {name!r}: the builder returned {type(model).__name__}, "
+                         "not a keras.Model")
+    if not model.weights:
+        raise ModelError(f"model {name!r} has no weights; start it with "
+                         f"keras.Input({INPUT_SHAPE}) so that it is built")
+    want_in, want_out = (None, *INPUT_SHAPE), (None, N_CLASSES)
+    try:
+        got_in, got_out = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise ModelError(f"model {name!r}: cannot read its input and output shapes ({exc}); "
+                         f"start it with keras.Input({INPUT_SHAPE})") from exc
+    if (got_in, got_out) != (want_in, want_out):
+        raise ModelError(f"model {name!r} maps {got_in} to {got_out}; it must map "
+                         f"{want_in} images to {want_out} class probabilities")
+
+
 def initial_weights(name: str, seed: int) -> list[np.ndarray]:
-    """The round-zero weights: bit-identical on every call and in every process."""
-    return [np.asarray(w) for w in build_model(name, seed).get_weights()]
+    """The round-zero weights: bit-identical on every call and in every process.
+
+    A builder from outside the zoo is built twice and must give the same weights both
+    times: an initializer without a seed would draw new ones on every build."""
+    weights = [np.asarray(w) for w in build_model(name, seed).get_weights()]
+    if name not in MODELS:
+        again = build_model(name, seed).get_weights()
+        if not all(np.array_equal(a, b) for a, b in zip(weights, again, strict=True)):
+            raise ModelError(f"model {name!r} is not deterministic: two builds with seed "
+                             f"{seed} gave different weights; give every layer an "
+                             "initializer seeded from the builder's seed argument")
+    return weights

@@ -8,30 +8,59 @@ through the same admission as any transaction. A trainer's update arrives as one
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from flobc import codec
 from flobc.consensus import mempool
+from flobc.consensus.host import ReplicaHost
 from flobc.crypto import sha256
 from flobc.validator.api import ApiNode, binary_body, read_body, state_proof
 from flobc.validator.fl.app import FLApp
 from flobc.validator.fl.config import MICRO
-from flobc.validator.fl.queries import NotFound, QueryError
+from flobc.validator.fl.queries import MAX_NUMBER, NotFound, QueryError, number_param
 from flobc.validator.fl.state import model_key, read_meta, read_model
 from flobc.validator.fl.txs import Update, decode_tx
+from flobc.validator.fl.voter import SCORES_KEPT, Voter
 
 ENVELOPE_BYTES = 64 * 1024
 """Room for the transaction and the framing around the blob."""
+DEFAULT_EVALUATIONS = 100
+MAX_STATUS_WAIT_MS = 5000
+"""The longest a ``/fl/status?after_round=`` request is held, well inside the trainers'
+10 s request timeout."""
 
 
-def fl_router(node: ApiNode, app: FLApp) -> APIRouter:
-    """The ``/fl`` endpoints of a validator running the learning application ``app``."""
+class CommitSignal:
+    """Wakes the requests that wait for the chain to move, on each committed block."""
+
+    def __init__(self, host: ReplicaHost) -> None:
+        self._event = asyncio.Event()
+        host.on_commit(self._committed)
+
+    def _committed(self, _height: int) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until the next commit, or ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+
+
+def fl_router(node: ApiNode, app: FLApp, voter: Voter | None) -> APIRouter:
+    """The ``/fl`` endpoints of a validator running the learning application ``app``;
+    ``voter`` supplies its own test-split scores of the model versions."""
     router = APIRouter(prefix="/fl", tags=["federated learning"])
     config = app.config
     body_limit = config.max_blob_bytes + ENVELOPE_BYTES
     chain_id = node.genesis.chain_id
+    commits = CommitSignal(node.host)
 
     def query(path: str, **params: str) -> Any:
         try:
@@ -61,8 +90,22 @@ def fl_router(node: ApiNode, app: FLApp) -> APIRouter:
         return {"tx_hash": tx_hash.hex()}
 
     @router.get("/status")
-    async def status() -> dict[str, Any]:
-        """The open round, the latest version and its hash."""
+    async def status(after_round: str | None = None,
+                     wait_ms: str | None = None) -> dict[str, Any]:
+        """The open round, the latest version and its hash. With ``after_round`` (and
+        ``wait_ms``), the answer waits up to ``wait_ms`` for a round later than that to
+        open: a trainer learns of a new round as soon as it commits, without polling."""
+        params = {name: value for name, value in (("after_round", after_round),
+                                                   ("wait_ms", wait_ms)) if value is not None}
+        try:
+            after = number_param(params, "after_round", 0, MAX_NUMBER, -1)
+            wait = number_param(params, "wait_ms", 0, MAX_STATUS_WAIT_MS, 0)
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        until = time.monotonic() + wait / 1000
+        while ((meta := read_meta(node.host.committed)) is None or meta.round <= after) and (
+                left := until - time.monotonic()) > 0:
+            await commits.wait(left)
         state = node.host.committed
         meta = read_meta(state)
         model = read_model(state, meta.version) if meta is not None else None
@@ -121,6 +164,21 @@ def fl_router(node: ApiNode, app: FLApp) -> APIRouter:
         answer = query("trainers")
         return {"trainers": [{"trust": t["trust_micro"] / MICRO, **t}
                              for t in answer["trainers"]]}
+
+    @router.get("/evaluations")
+    async def evaluations(limit: str | None = None) -> dict[str, Any]:
+        """This validator's own scores of the latest model versions on the dataset's test
+        split, oldest first (for reporting: votes never use the test split). The newest
+        versions may be missing for a moment while they are being scored."""
+        try:
+            count = number_param({} if limit is None else {"limit": limit}, "limit", 1,
+                                 SCORES_KEPT, DEFAULT_EVALUATIONS)
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        scores = voter.test_scores()[-count:] if voter is not None else []
+        return {"split": "test", "versions": [
+            {"version": v, "accuracy": s.accuracy,
+             "loss": s.loss if math.isfinite(s.loss) else None} for v, s in scores]}
 
     return router
 

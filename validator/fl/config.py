@@ -10,11 +10,14 @@ floating-point rounding.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from flobc.config import ConfigError
+from flobc.config import ConfigError, Genesis
 from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
+from flobc.ml.data import DATASETS
+from flobc.ml.models import MODELS, is_model_name
 
 MICRO = 1_000_000
 ADMISSIONS = ("allowlist", "open")
@@ -23,7 +26,9 @@ AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_STALENESS = 1000
 MAX_BLOB_BYTES = 256 * 1024 * 1024
+MAX_MODEL_NAME = 128
 APP_NAME_KEY = "name"
+APP_NAME = "fl"
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,11 @@ class FLConfig:
     model_v0_hash: bytes
     """SHA-256 of the encoded version-0 weights (``genesis-model.bin``)."""
     model: str = "mnist_cnn"
+    """A model of the zoo, or a builder ``package.module:function`` (flobc.ml.models)."""
     seed: int = 0
+    dataset: str = "mnist_5k"
+    """The dataset whose fixed split trainers train on and validators vote on: every
+    node must use the same one. ``file``: each node's own copy of one .npz file."""
     admission: str = "allowlist"
     trainers: tuple[bytes, ...] = ()
     """Public keys admitted under ``admission = "allowlist"``."""
@@ -57,9 +66,13 @@ class FLConfig:
 
     def __post_init__(self) -> None:
         _check_hash(self.model_v0_hash)
-        _check(isinstance(self.model, str) and 0 < len(self.model) <= 64, "model",
-               "must be a model name of 1 to 64 characters")
+        _check(is_model_name(self.model) and len(self.model) <= MAX_MODEL_NAME, "model",
+               f"must be a model of the zoo ({', '.join(sorted(MODELS))}) or a builder "
+               f"named package.module:function (at most {MAX_MODEL_NAME} characters), "
+               f"got {self.model!r}")
         _check_int(self.seed, "seed", 0, 2**63 - 1)
+        _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, "
+               f"got {self.dataset!r}")
         _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}")
         self._check_trainers()
         _check(self.sync in SYNC_SCHEMES, "sync", f"must be one of {SYNC_SCHEMES}")
@@ -100,6 +113,15 @@ class FLConfig:
     @property
     def bap_alpha_micro(self) -> int:
         return round(self.bap_alpha * MICRO)
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis, source: str | os.PathLike = "genesis") -> FLConfig:
+        """The settings of a learning chain's genesis; ConfigError naming ``source``
+        (the genesis file) when its ``[app] name`` is not ``"fl"``."""
+        if genesis.app.get(APP_NAME_KEY) != APP_NAME:
+            raise ConfigError(f"{source} is not a learning chain's genesis "
+                              f'([app] name = "{APP_NAME}")')
+        return cls.from_app(genesis.app)
 
     @classmethod
     def from_app(cls, app: dict[str, Any]) -> FLConfig:

@@ -2,18 +2,24 @@
 
 TensorFlow is slow to import, large, and has no place in the validator's main process,
 where consensus runs: the worker imports it once, builds the model, loads this
-validator's share of the hold-out data, then answers one request at a time. It is
-started with the ``spawn`` context (no forked copy of the node's event loop, sockets or
-LevelDB handles), gets its settings and every request as msgpack bytes over a Pipe, and
-never unpickles a message. If it dies or hangs, the next request starts a new one.
+validator's share of the hold-out data and the test split, then answers one request at
+a time: an update's evaluation on the hold-out shard (for votes), or a committed model's
+score on the test split (for reporting only: no vote depends on it). It is started with
+the ``spawn`` context (no forked copy of the node's event loop, sockets or LevelDB
+handles), gets its settings and every request as msgpack bytes over a Pipe, and never
+unpickles a message. If it dies or hangs, the next request starts a new one; if the
+node dies, the worker dies with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +53,8 @@ class EvaluatorSettings:
     shard_index: int
     shard_count: int
     max_blob_bytes: int
+    dataset_file: str | None = None
+    """The node's copy of the dataset when genesis names ``dataset = "file"``."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,14 @@ class Evaluation:
     base_accuracy: float
     new_loss: float
     new_accuracy: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """Loss and accuracy of one model on the test split."""
+
+    loss: float
+    accuracy: float
 
 
 class _WorkerLost(Exception):
@@ -83,9 +99,16 @@ class Evaluator:
             self._spawn()
 
     def evaluate(self, base: bytes, delta: bytes) -> Evaluation:
-        """Evaluate the encoded base weights and base + delta. A lost worker is replaced
-        and the request tried once more before giving up."""
-        request = ["evaluate", base, delta]
+        """Evaluate the encoded base weights and base + delta on the hold-out shard."""
+        return Evaluation(*self._call(["evaluate", base, delta]))
+
+    def score(self, weights: bytes) -> Score:
+        """Score the encoded weights of a model on the test split."""
+        return Score(*self._call(["score", weights]))
+
+    def _call(self, request: list[Any]) -> list[float]:
+        """Send ``request``; a lost worker is replaced and the request tried once more
+        before giving up."""
         with self._lock:
             try:
                 reply = self._request(request)
@@ -98,7 +121,7 @@ class Evaluator:
                     raise EvaluatorError(f"the evaluator worker failed twice: {again}") from again
         if reply[0] != "ok":
             raise EvaluatorError(str(reply[1]))
-        return Evaluation(*(float(v) for v in reply[1]))
+        return [float(v) for v in reply[1]]
 
     def wait_ready(self) -> None:
         """Block until the worker has TensorFlow, the model and the data loaded."""
@@ -130,7 +153,7 @@ class Evaluator:
         if self._stopping:
             raise _WorkerLost("stopping")
         ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_worker_main, args=(theirs,),
+        process = self._context.Process(target=_worker_main, args=(theirs, os.getpid()),
                                         name="flobc-evaluator", daemon=True)
         process.start()
         theirs.close()
@@ -194,9 +217,10 @@ class Evaluator:
 # --- the worker process ------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, parent_pid: int) -> None:
     """Entry point of the worker: build, announce readiness, serve until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the node, which stops us
+    _die_with_parent(parent_pid)
     try:
         settings = EvaluatorSettings(**codec.unpack(conn.recv_bytes(SETTINGS_BYTES)))
         started = time.monotonic()
@@ -212,6 +236,20 @@ def _worker_main(conn: Connection) -> None:
         except (EOFError, OSError):
             return  # the node closed the pipe or died
         conn.send_bytes(codec.pack(worker.handle(data)))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel kill the worker when the node dies (even by SIGKILL),
+    instead of leaving it to notice the closed pipe, which it cannot while loading."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the node died before the request took effect
+        os._exit(1)
 
 
 class _Worker:
@@ -230,8 +268,10 @@ class _Worker:
         self.settings = settings
         self.learner = KerasLearner(build_model(settings.model, settings.seed))
         self.spec = spec(self.learner.get_weights())
-        holdout = split(load_dataset(settings.dataset), seed=settings.seed).validator_holdout
-        self.data = validator_shard(holdout, settings.shard_index, settings.shard_count)
+        parts = split(load_dataset(settings.dataset, settings.dataset_file), seed=settings.seed)
+        self.data = validator_shard(parts.validator_holdout, settings.shard_index,
+                                    settings.shard_count)
+        self.test = parts.test
         self._base: tuple[bytes, tuple[float, float]] | None = None
 
     def describe(self) -> str:
@@ -243,10 +283,13 @@ class _Worker:
         """One request -> ``["ok", result]`` or ``["error", why]``."""
         try:
             request = codec.unpack(data, len(data))
-            if not (isinstance(request, list) and len(request) == 3
-                    and request[0] == "evaluate"):
+            if not isinstance(request, list):
                 return ["error", "unknown request"]
-            return ["ok", self.evaluate(request[1], request[2])]
+            if len(request) == 3 and request[0] == "evaluate":
+                return ["ok", self.evaluate(request[1], request[2])]
+            if len(request) == 2 and request[0] == "score":
+                return ["ok", self.score(request[1])]
+            return ["error", "unknown request"]
         except Exception as exc:  # one bad input must not end the worker
             return ["error", f"{type(exc).__name__}: {exc}"]
 
@@ -255,20 +298,26 @@ class _Worker:
         next call, since every update of a round shares one base."""
         import numpy as np
 
-        from flobc.ml.weights import decode_weights
-
-        limits = {"max_bytes": self.settings.max_blob_bytes, "max_tensors": len(self.spec),
-                  "expected": self.spec}
-        base = decode_weights(base_blob, **limits)
-        delta = decode_weights(delta_blob, **limits)
+        base = self._decode(base_blob)
+        delta = self._decode(delta_blob)
         if self._base is None or self._base[0] != base_blob:
-            self._base = (base_blob, self._score(base))
+            self._base = (base_blob, self._score(base, self.data))
         new = [(b.astype(np.float64) + d).astype(b.dtype) for b, d in zip(base, delta,
                                                                            strict=True)]
-        return [*self._base[1], *self._score(new)]
+        return [*self._base[1], *self._score(new, self.data)]
 
-    def _score(self, weights: list[Any]) -> tuple[float, float]:
+    def score(self, weights_blob: bytes) -> list[float]:
+        """[loss, accuracy] of a model on the test split."""
+        return list(self._score(self._decode(weights_blob), self.test))
+
+    def _decode(self, blob: bytes) -> list[Any]:
+        from flobc.ml.weights import decode_weights
+
+        return decode_weights(blob, max_bytes=self.settings.max_blob_bytes,
+                              max_tensors=len(self.spec), expected=self.spec)
+
+    def _score(self, weights: list[Any], data: Any) -> tuple[float, float]:
         self.learner.set_weights(weights)
-        result = self.learner.evaluate(self.data.x, self.data.y)
+        result = self.learner.evaluate(data.x, data.y)
         loss = result["loss"]
         return (loss if math.isfinite(loss) else math.inf), result["accuracy"]

@@ -37,8 +37,9 @@ class NotFound(QueryError):
     """The query is fine; what it asks for does not exist (yet)."""
 
 
-def _number(params: dict[str, str], name: str, low: int, high: int,
-            default: int | None = None) -> int:
+def number_param(params: dict[str, str], name: str, low: int, high: int,
+                 default: int | None = None) -> int:
+    """The integer query parameter ``name`` in low..high (``default`` when absent)."""
     text = params.get(name)
     if text is None:
         if default is None:
@@ -126,11 +127,11 @@ def answer(path: str, params: dict[str, str], state: CommittedState) -> Any:
     if path == "model_latest":
         return _find_model(state, _meta(state).version)
     if path == "model":
-        return _find_model(state, _number(params, "version", 0, MAX_NUMBER))
+        return _find_model(state, number_param(params, "version", 0, MAX_NUMBER))
     if path == "round":
-        return _round(state, _number(params, "round", 1, MAX_NUMBER))
+        return _round(state, number_param(params, "round", 1, MAX_NUMBER))
     if path == "rounds":
-        return _rounds(state, _number(params, "limit", 1, MAX_ROUNDS, DEFAULT_ROUNDS))
+        return _rounds(state, number_param(params, "limit", 1, MAX_ROUNDS, DEFAULT_ROUNDS))
     if path == "trainers":
         return _trainers(state)
     raise QueryError(f"unknown query {path[:40]!r}; queries are {', '.join(QUERIES)}")

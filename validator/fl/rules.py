@@ -205,6 +205,9 @@ def _close_problem(params: ChainParams, tx: Close, meta: Meta,
         return f"{_short(tx.signer)} is not a validator: only validators close rounds"
     if tx.round != meta.round:
         return f"round {tx.round} is not open (round {meta.round} is)"
+    if tx.deadline_ms != meta.deadline_ms:
+        return (f"close of round {tx.round} names deadline {tx.deadline_ms} ms, but the "
+                f"round's deadline is {meta.deadline_ms} ms")
     if time_ms is not None and time_ms < meta.deadline_ms:
         return (f"round {tx.round} is before its deadline: block time {time_ms} ms, "
                 f"deadline {meta.deadline_ms} ms")

@@ -57,6 +57,7 @@ class Vote:
 class Close:
     signer: bytes
     round: int
+    deadline_ms: int
 
 
 FLTx = Register | Update | Vote | Close
@@ -90,9 +91,11 @@ def make_vote(key: PrivateKey, chain_id: str, round: int, trainer: bytes, blob_h
     return _sign(key, chain_id, "vote", [round, trainer, blob_hash, accept, score_milli])
 
 
-def make_close(key: PrivateKey, chain_id: str, round: int) -> bytes:
-    """A validator's request to close ``round`` once its deadline has passed."""
-    return _sign(key, chain_id, "close", [round])
+def make_close(key: PrivateKey, chain_id: str, round: int, deadline_ms: int) -> bytes:
+    """A validator's request to close ``round``, whose deadline is now ``deadline_ms``,
+    once that has passed. Naming the deadline makes the close of an extended round a
+    new transaction, not a replay of the close that extended it."""
+    return _sign(key, chain_id, "close", [round, deadline_ms])
 
 
 def _int(value: Any, name: str, low: int, high: int) -> str | None:
@@ -136,9 +139,11 @@ def _body(kind: str, body: list[Any], signer: bytes) -> FLTx | str:
                    or _int(score, "score_milli", *SCORE_RANGE))
         return problem or Vote(signer, rnd, trainer, blob, accept, score)
     if kind == "close":
-        if len(body) != 1:
-            return "close body must be [round]"
-        return _int(body[0], "round", 1, MAX_U63) or Close(signer, body[0])
+        if len(body) != 2:
+            return "close body must be [round, deadline_ms]"
+        rnd, deadline = body
+        return (_int(rnd, "round", 1, MAX_U63) or _int(deadline, "deadline_ms", 0, MAX_U63)
+                or Close(signer, rnd, deadline))
     return f"unknown transaction kind {kind[:20]!r}; kinds are register, update, vote, close"
 
 
