@@ -29,6 +29,7 @@ from flobc.cli import CliError
 from flobc.config import Genesis
 from flobc.crypto import sha256
 from flobc.localnet import LocalNet, free_port_range
+from flobc.processes import ProcessGroup
 from flobc.validator.fl.config import FLConfig
 
 POLL_S = 0.5
@@ -74,54 +75,25 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
         raise CliError(f"testnet init failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-class Trainers:
+class Trainers(ProcessGroup):
     """The trainer processes, each logging to ``<home>/trainer.log``."""
 
     def __init__(self, workdir: Path, options: ClusterOptions) -> None:
         self.homes = sorted(workdir.glob("trainer-*"), key=lambda p: int(p.name.split("-")[1]))
         self.options = options
-        self.procs: list[subprocess.Popen | None] = [None] * len(self.homes)
+        super().__init__("trainer", len(self.homes))
 
     def start(self, index: int) -> None:
         """Start trainer ``index`` (again, on its existing home and journal)."""
-        if self.running(index):
-            raise RuntimeError(f"trainer {index} is already running")
         command = [sys.executable, "-m", "flobc", "trainer", "join", "--home",
                    str(self.homes[index]), "--epochs", str(self.options.epochs)]
         if index in self.options.behaviours:
             command += ["--behaviour", self.options.behaviours[index]]
-        with open(self.homes[index] / "trainer.log", "ab") as log:
-            self.procs[index] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.launch(index, command, self.homes[index] / "trainer.log")
 
     def start_all(self) -> None:
         for i in range(len(self.homes)):
             self.start(i)
-
-    def running(self, index: int) -> bool:
-        proc = self.procs[index]
-        return proc is not None and proc.poll() is None
-
-    def kill(self, index: int) -> None:
-        """SIGKILL trainer ``index``: no clean shutdown, as in a crash."""
-        proc = self.procs[index]
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        self.procs[index] = None
-
-    def stop_all(self) -> None:
-        procs = [p for p in self.procs if p is not None and p.poll() is None]
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs = [None] * len(self.homes)
 
 
 class Monitor:

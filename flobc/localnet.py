@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,9 +19,9 @@ import httpx
 
 from flobc.cli import CliError, write_testnet
 from flobc.config import ConsensusParams, Genesis, NodeConfig
+from flobc.processes import ProcessGroup
 
 STARTUP_TIMEOUT_S = 60.0
-STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.05
 
 
@@ -45,7 +43,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-class LocalNet:
+class LocalNet(ProcessGroup):
     """Validator processes of one testnet: written here, or already on disk."""
 
     def __init__(self, workdir: Path, validators: int, *,
@@ -68,7 +66,7 @@ class LocalNet:
         self.configs: list[NodeConfig] = [NodeConfig.load(home) for home in homes]
         self.genesis = Genesis.load(workdir / "genesis.toml")
         self.urls = [f"http://{c.api_listen}" for c in self.configs]
-        self.procs: list[subprocess.Popen | None] = [None] * len(self.configs)
+        super().__init__("validator", len(self.configs))
 
     def __enter__(self) -> LocalNet:
         return self
@@ -78,45 +76,14 @@ class LocalNet:
 
     def start(self, index: int) -> None:
         """Start validator ``index`` (again, on its existing home and data)."""
-        if self.running(index):
-            raise RuntimeError(f"validator {index} is already running")
-        config = self.configs[index]
-        with open(config.home / "validator.log", "ab") as log:
-            self.procs[index] = subprocess.Popen(
-                [sys.executable, "-m", "flobc", "validator", "start", "--home", str(config.home)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        home = self.configs[index].home
+        self.launch(index, [sys.executable, "-m", "flobc", "validator", "start", "--home",
+                            str(home)], home / "validator.log")
 
     def start_all(self) -> None:
         for i in range(len(self.configs)):
             self.start(i)
         self.wait_serving()
-
-    def running(self, index: int) -> bool:
-        proc = self.procs[index]
-        return proc is not None and proc.poll() is None
-
-    def kill(self, index: int) -> None:
-        """SIGKILL validator ``index``: no clean shutdown, as in a crash."""
-        proc = self.procs[index]
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        self.procs[index] = None
-
-    def stop_all(self) -> None:
-        """SIGTERM every validator, SIGKILL those still running after the grace period."""
-        procs = [p for p in self.procs if p is not None and p.poll() is None]
-        for proc in procs:
-            proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs = [None] * len(self.procs)
 
     def log_tail(self, index: int, lines: int = 20) -> str:
         try:
