@@ -48,7 +48,7 @@ DEADLINE_MS = 30_000
 ROUND_TIMEOUT_MS = 180_000
 """Bound of a wait on the cluster's progress (trainers and evaluator workers import
 TensorFlow first)."""
-PAGE_TIMEOUT_MS = 15_000
+PAGE_TIMEOUT_MS = 45_000
 HTTP_TIMEOUT_S = 10.0
 
 
@@ -72,6 +72,7 @@ class Page:
                                                polling=100).json_value()
         except PlaywrightTimeout as exc:
             raise AssertionError(f"timed out after {timeout_ms / 1000:g} s waiting for {what}; "
+                                 f"page status: {self.page.inner_text('#live')!r}; "
                                  f"console errors: {self.errors}") from exc
 
 
