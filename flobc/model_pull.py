@@ -52,7 +52,6 @@ class PulledModel:
 
 def build(fl: FLConfig) -> keras.Model:
     """The compiled model genesis names, with its seeded initial weights."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Nothing is computed here, only built and saved: oneDNN's numerics do not matter,
     # and turning it off silences the notice TensorFlow prints about them on import.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

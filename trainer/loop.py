@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -322,7 +321,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def keras_learner(model: str, seed: int) -> Learner:
     """The Keras learner for a model of the zoo (imports TensorFlow)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from flobc.ml.learner import KerasLearner
     from flobc.ml.models import build_model
 
