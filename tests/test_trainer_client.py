@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from loopback_http import (
-    LoopbackServer,
     Reply,
     Request,
     bytes_reply,
@@ -51,18 +49,6 @@ def good(request: Request) -> Reply:
 
 def failing(_: Request) -> Reply:
     return json_reply(500, {"detail": "internal trouble"})
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Callable[[Request], Reply]], LoopbackServer]]:
-    servers: list[LoopbackServer] = []
-
-    def start(respond: Callable[[Request], Reply]) -> LoopbackServer:
-        servers.append(LoopbackServer(respond))
-        return servers[-1]
-    yield start
-    for server in servers:
-        server.close()
 
 
 def client(*urls: str, **kw: object) -> ValidatorClient:

@@ -5,13 +5,13 @@ it verified, checked again, across restarts."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from loopback_http import LoopbackServer, Reply, Request, bytes_reply, dead_url, json_reply
+from loopback_http import Reply, Request, bytes_reply, dead_url, json_reply
 
 from flobc import codec
 from flobc.config import Genesis, ValidatorInfo
@@ -178,18 +178,6 @@ def test_the_genesis_model_must_match_genesis():
 
 
 # --- the store: fetch from validators, skip forgers, cache across restarts ---------------
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Callable[[Request], Reply]], LoopbackServer]]:
-    servers: list[LoopbackServer] = []
-
-    def start(respond: Callable[[Request], Reply]) -> LoopbackServer:
-        servers.append(LoopbackServer(respond))
-        return servers[-1]
-    yield start
-    for server in servers:
-        server.close()
 
 
 def store(home: Path, *urls: str) -> ModelStore:

@@ -22,12 +22,12 @@ import numpy as np
 
 from flobc import codec
 from flobc.config import Genesis
-from flobc.consensus.light import VerificationError, verify_state
-from flobc.crypto import HASH_SIZE, sha256
+from flobc.consensus.light import VerificationError
+from flobc.crypto import sha256
 from flobc.ml.weights import Spec, WeightsError, decode_weights, spec
 from flobc.trainer.client import ModelProof, ValidatorClient
 from flobc.trainer.files import write_atomic
-from flobc.validator.fl.state import model_key, read_model
+from flobc.validator.fl.state import model_key, verify_model_record
 
 log = logging.getLogger("flobc.trainer.verify")
 
@@ -66,17 +66,8 @@ def verify_model(genesis: Genesis, version: int, served: ModelProof, blob: bytes
     if served.key != key:
         raise VerificationError(
             f"model {version}: proof is for state key {served.key.hex()}, not {key.hex()}")
-    height = verify_state(genesis, served.checkpoint, key, served.value, served.proof)
-    try:
-        # The value is certified, hence written by the state machine: read it as it does.
-        record = read_model({key: served.value}, version)
-    except (codec.DecodeError, KeyError, TypeError, ValueError) as exc:
-        raise VerificationError(f"model {version}: certified record does not decode: "
-                                f"{exc!r}") from exc
-    if record is None or record.version != version:
-        raise VerificationError(f"model {version}: certified record is for another version")
-    if not isinstance(record.hash, bytes) or len(record.hash) != HASH_SIZE:
-        raise VerificationError(f"model {version}: certified record has no valid hash")
+    record, height = verify_model_record(genesis, version, served.value, served.checkpoint,
+                                         served.proof)
     digest = sha256(blob)
     if digest != record.hash:
         raise VerificationError(

@@ -25,9 +25,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from flobc import codec
 from flobc.config import Genesis
-from flobc.consensus.light import VerificationError, verify_state
+from flobc.consensus.light import VerificationError
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import sha256
 from flobc.validator.api import ApiNode, state_proof
@@ -41,8 +40,8 @@ from flobc.validator.fl.state import (
     Meta,
     model_key,
     read_meta,
-    read_model,
     round_updates,
+    verify_model_record,
 )
 
 HISTORY_ROUNDS = 100
@@ -274,16 +273,9 @@ def verify_served_model(genesis: Genesis, version: int, served: dict[str, Any],
     key = model_key(version)
     if served["key"] != key.hex() or served["value"] is None or served["proof"] is None:
         raise VerificationError(f"model {version} is not in the checkpoint's state")
-    value = bytes.fromhex(served["value"])
-    verify_state(genesis, bytes.fromhex(served["checkpoint"]["certificate"]), key, value,
-                 bytes.fromhex(served["proof"]))
-    try:
-        record = read_model({key: value}, version)
-    except (codec.DecodeError, KeyError, TypeError, ValueError) as exc:
-        raise VerificationError(f"model {version}: certified record does not decode: "
-                                f"{exc!r}") from exc
-    if record is None or record.version != version:
-        raise VerificationError(f"model {version}: certified record is for another version")
+    record, _ = verify_model_record(genesis, version, bytes.fromhex(served["value"]),
+                                    bytes.fromhex(served["checkpoint"]["certificate"]),
+                                    bytes.fromhex(served["proof"]))
     blob = weights(record.hash)
     if blob is None or sha256(blob) != record.hash:
         raise VerificationError(f"model {version}: the weights do not match the certified "

@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from flobc import codec
+from flobc.config import Genesis
 from flobc.consensus.application import StateReader, StateWriter
+from flobc.consensus.light import VerificationError, verify_state
+from flobc.crypto import HASH_SIZE
 
 META = b"fl/meta"
 MODEL = b"fl/model/"
@@ -122,6 +125,26 @@ def read_model(state: StateReader, version: int) -> ModelRecord | None:
     v = codec.unpack(raw)
     return ModelRecord(v["version"], v["hash"], v["round"], v["height"], v["time_ms"],
                        v["parent"], tuple((t, b, w) for t, b, w in v["updates"]))
+
+
+def verify_model_record(genesis: Genesis, version: int, value: bytes, certificate: bytes,
+                        proof: bytes) -> tuple[ModelRecord, int]:
+    """The record of model ``version`` and the checkpoint height, once ``certificate``
+    and the Merkle ``proof`` show ``value`` under ``fl/model/<version>`` in certified
+    state, checked with the genesis keys alone; VerificationError names what fails."""
+    key = model_key(version)
+    height = verify_state(genesis, certificate, key, value, proof)
+    try:
+        # The value is certified, hence written by the state machine: read it as it does.
+        record = read_model({key: value}, version)
+    except (codec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"model {version}: certified record does not decode: "
+                                f"{exc!r}") from exc
+    if record is None or record.version != version:
+        raise VerificationError(f"model {version}: certified record is for another version")
+    if not isinstance(record.hash, bytes) or len(record.hash) != HASH_SIZE:
+        raise VerificationError(f"model {version}: certified record has no valid hash")
+    return record, height
 
 
 def write_model(state: StateWriter, record: ModelRecord) -> None:
