@@ -142,6 +142,7 @@ class ReplicaHost:
     def on_timer(self, name: str) -> None:
         if name == RESEND:
             self.availability.retry()
+            self._drop_lingering_invalid_txs()
         self._run(self.replica.on_timer(self.now_ms(), name))
 
     def submit_tx(self, tx: bytes) -> tuple[bytes, str | None]:
@@ -163,6 +164,19 @@ class ReplicaHost:
         one entry per transaction of the block that this validator admitted to its
         mempool (from a client or a peer): the milliseconds from admission to commit."""
         self._on_latency.append(callback)
+
+    def _drop_lingering_invalid_txs(self) -> None:
+        """Check again, against committed state, the transactions that have stayed in the
+        mempool a whole resend interval (the replica's ``stale_txs``), and drop those that
+        can no longer execute: a vote or close for a round that has closed since, a
+        replayed nonce. Peers refuse them, so no block would ever take them out, and they
+        would be re-sent for ever and keep the mempool from draining."""
+        mempool = self.replica.mempool
+        invalid = [h for h, tx in mempool.items() if h in self.replica.stale_txs
+                   and self.app.check_tx(tx, self.committed) is not None]
+        mempool.remove(invalid)
+        for h in invalid:
+            self._admitted_ms.pop(h, None)
 
     # --- queries ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flobc.config import ConsensusParams
-from flobc.consensus.application import BlockState, CommittedState
+from flobc.consensus.application import Application, BlockState, CommittedState
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.messages import (
     BlobData,
@@ -58,7 +58,8 @@ Drop = Callable[[int, int, Message], bool]
 class Net:
     """Delivers frames after 1 ms of virtual time unless ``drop(src, dst, msg)`` says no."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, app: Callable[[], Application] = BlobRefApp) -> None:
+        self.app = app
         self.now = T0
         self.queue: list = []
         self.counter = itertools.count()
@@ -82,7 +83,7 @@ class Net:
 
         return ReplicaHost(chain_id=CHAIN, public_keys=tuple(k.public_key for k in KEYS),
                            index=i, key=KEYS[i], params=PARAMS,
-                           ledger=Ledger(tmp / f"v{i}"), app=BlobRefApp(), send=send,
+                           ledger=Ledger(tmp / f"v{i}"), app=self.app(), send=send,
                            set_timer=set_timer,
                            cancel_timer=lambda name: self.timers.pop((i, name), None),
                            now_ms=lambda: self.now)
