@@ -27,10 +27,10 @@ import httpx
 
 from flobc import codec
 from flobc.config import ConsensusParams
+from flobc.consensus.kvstore import make_tx
 from flobc.consensus.messages import Block
 from flobc.crypto import PrivateKey, sha256
-from flobc.localnet import LocalNet
-from flobc.validator.kvstore import make_tx
+from flobc.launch.localnet import LocalNet
 
 TICK_S = 0.02
 POLL_S = 0.01

@@ -41,8 +41,8 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
     from flobc.ml.learner import KerasLearner
     from flobc.ml.models import MODELS
     from flobc.ml.partition import iid
+    from flobc.protocol.aggregation import fedavg
     from flobc.trainer.loop import round_seed
-    from flobc.validator.fl.aggregate import fedavg
     from flobc.validator.fl.evaluator import Evaluation
     from flobc.validator.fl.voter import decide
 

@@ -9,12 +9,12 @@ trains with the trainers' own ``local_data`` and ``train_round``.
     python benchmarks/round_overhead.py [--rounds 8] [--epochs 1]
 
 (a) In process: one Python process, one Keras model. Each round every trainer in turn
-trains from the global weights and computes its delta; ``validator/fl/aggregate.fedavg``
+trains from the global weights and computes its delta; ``flobc/protocol/aggregation.fedavg``
 (weighted by samples, deltas in trainer-key order as validators sum them) makes the
 next global model. Nothing is signed, sent, voted on or stored.
 
-(b) On the cluster: 4 validator and 4 trainer processes on loopback (``flobc.localnet``,
-``flobc.cluster``; BSP, FedAvg, genesis defaults). A round is every trainer's update,
+(b) On the cluster: 4 validator and 4 trainer processes on loopback (``flobc.launch.localnet``,
+``flobc.launch.cluster``; BSP, FedAvg, genesis defaults). A round is every trainer's update,
 voted on by every validator, aggregated in the block that decides the last vote.
 
 Timing: round 1 is a warm-up for both (TensorFlow's first trace; the cluster's start,
@@ -75,21 +75,21 @@ from typing import Any
 import httpx
 import numpy as np
 
-from flobc.cluster import ClusterOptions, Trainers, init_testnet
 from flobc.config import Genesis, load_key
 from flobc.consensus.messages import Block
 from flobc.crypto import sha256
-from flobc.localnet import LocalNet
+from flobc.launch.cluster import ClusterOptions, Trainers, init_testnet
+from flobc.launch.localnet import LocalNet
+from flobc.launch.testnet import GENESIS_MODEL
 from flobc.ml.data import load_dataset, split
 from flobc.ml.learner import Learner
 from flobc.ml.weights import decode_weights, encode_weights
+from flobc.protocol.aggregation import fedavg
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.txs import Vote, decode_tx
 from flobc.trainer.config import TrainerConfig
 from flobc.trainer.loop import keras_learner, local_data, train_round
 from flobc.trainer.verify import CACHE_DIR, VerifiedModel
-from flobc.validator.fl.aggregate import fedavg
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.genesis import GENESIS_MODEL
-from flobc.validator.fl.txs import Vote, decode_tx
 
 WARMUP_ROUNDS = 1
 POLL_S = 0.1

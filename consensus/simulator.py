@@ -34,6 +34,7 @@ from flobc.config import ConsensusParams
 from flobc.consensus.byzantine import BEHAVIOURS, Behaviour, Identity
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.invariants import SignatureLog, checkpoint_violations, ledger_violations
+from flobc.consensus.kvstore import KVStore, make_tx
 from flobc.consensus.messages import (
     Blocks,
     Checkpoint,
@@ -49,7 +50,6 @@ from flobc.consensus.messages import (
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey, sha256
 from flobc.storage.ledger import Ledger
-from flobc.validator.kvstore import KVStore, make_tx
 
 CHAIN_ID = "flobc-sim"
 GENESIS_MS = 1_700_000_000_000

@@ -2,6 +2,6 @@
 
 import sys
 
-from flobc.cli import main
+from flobc.launch.cli import main
 
 sys.exit(main())

@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 import httpx
 
 from flobc import codec
+from flobc.consensus.kvstore import KV_PREFIX, make_tx
 from flobc.crypto import PrivateKey
-from flobc.localnet import free_port_range
-from flobc.validator.kvstore import KV_PREFIX, make_tx
+from flobc.launch.localnet import free_port_range
 
 T = TypeVar("T")
 

@@ -22,10 +22,10 @@ from cluster import Cluster
 
 from flobc import codec
 from flobc.config import Genesis, NodeConfig, load_key, split_address
+from flobc.consensus.kvstore import make_tx
 from flobc.consensus.messages import Prepare, encode_message
 from flobc.crypto import PrivateKey
 from flobc.storage.ledger import Ledger
-from flobc.validator.kvstore import make_tx
 
 RUNNING = [0, 1, 2]
 CHECKPOINT_INTERVAL = 2

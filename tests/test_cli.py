@@ -18,7 +18,7 @@ import pytest
 
 from flobc.config import ConsensusParams, Genesis, NodeConfig, ValidatorInfo, load_key
 from flobc.crypto import PrivateKey
-from flobc.localnet import LocalNet
+from flobc.launch.localnet import LocalNet
 
 COMMIT_TIMEOUT_S = 60
 

@@ -185,7 +185,7 @@ class Rounds:
     """Committed model versions as they appear, each with its test accuracy."""
 
     def __init__(self, project: Project, genesis: Genesis) -> None:
-        from flobc.cluster import Monitor
+        from flobc.launch.cluster import Monitor
 
         self.project = project
         self.monitor = Monitor(genesis, project.url)

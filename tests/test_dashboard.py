@@ -26,16 +26,16 @@ import pytest
 from cluster import Cluster, Validator, failure_report_plugin, run_flobc
 from test_fl_app import A, B, C, Chain, delta_of, make_config
 
-from flobc.cluster import ClusterOptions, Trainers
 from flobc.config import Genesis
 from flobc.consensus.application import CommittedState
 from flobc.consensus.light import VerificationError, verify_state
 from flobc.consensus.messages import CheckpointCertificate
 from flobc.crypto import PrivateKey
-from flobc.localnet import free_port_range
-from flobc.validator.dashboard_api import TrustHistory, verify_served_model
-from flobc.validator.fl.reputation import penalised, rewarded
-from flobc.validator.fl.state import model_key
+from flobc.launch.cluster import ClusterOptions, Trainers
+from flobc.launch.localnet import free_port_range
+from flobc.protocol.reputation import penalised, rewarded
+from flobc.protocol.state import model_key
+from flobc.validator.fl.dashboard import TrustHistory, verify_served_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]

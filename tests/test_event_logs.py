@@ -39,9 +39,9 @@ from test_metrics import Samples, parse, value
 from flobc import codec
 from flobc.config import load_key
 from flobc.crypto import PrivateKey, sha256
-from flobc.localnet import free_port_range
+from flobc.launch.localnet import free_port_range
 from flobc.ml.weights import decode_weights, encode_weights
-from flobc.validator.fl.txs import make_register, make_update
+from flobc.protocol.txs import make_register, make_update
 
 pytestmark = pytest.mark.slow
 

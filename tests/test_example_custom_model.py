@@ -15,7 +15,7 @@ import pytest
 
 from flobc.config import Genesis, NodeConfig
 from flobc.crypto import sha256
-from flobc.validator.fl.config import FLConfig
+from flobc.protocol.settings import FLConfig
 
 pytestmark = pytest.mark.slow
 

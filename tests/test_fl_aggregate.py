@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flobc.ml.weights import encode_weights
-from flobc.validator.fl.aggregate import (
+from flobc.protocol.aggregation import (
     Contribution,
     bap_merge,
     combine,
@@ -20,7 +20,7 @@ from flobc.validator.fl.aggregate import (
     trim_count,
     trimmed_mean,
 )
-from flobc.validator.fl.reputation import (
+from flobc.protocol.reputation import (
     MICRO,
     is_excluded,
     penalised,

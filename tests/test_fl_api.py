@@ -31,12 +31,12 @@ from flobc.config import Genesis, NodeConfig, load_key
 from flobc.consensus.light import VerificationError, verify_state
 from flobc.consensus.messages import Block
 from flobc.crypto import PrivateKey, sha256
-from flobc.localnet import free_port_range
+from flobc.launch.localnet import free_port_range
+from flobc.launch.testnet import DATASET
 from flobc.ml.weights import decode_weights, encode_weights
+from flobc.protocol.state import model_key
+from flobc.protocol.txs import Close, decode_tx, make_register, make_update
 from flobc.validator.fl.evaluator import Evaluator, EvaluatorSettings
-from flobc.validator.fl.genesis import DATASET
-from flobc.validator.fl.state import model_key
-from flobc.validator.fl.txs import Close, decode_tx, make_register, make_update
 
 pytestmark = pytest.mark.slow
 

@@ -22,12 +22,9 @@ from flobc.config import ConfigError, Genesis, ValidatorInfo
 from flobc.consensus.application import BlockState, CommittedState
 from flobc.crypto import PrivateKey, sha256
 from flobc.ml.weights import decode_weights, encode_weights
-from flobc.storage.ledger import Ledger
-from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.queries import NotFound, QueryError
-from flobc.validator.fl.reputation import MICRO, penalised, rewarded
-from flobc.validator.fl.state import (
+from flobc.protocol.reputation import MICRO, penalised, rewarded
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.state import (
     Meta,
     read_meta,
     read_trainer,
@@ -35,7 +32,10 @@ from flobc.validator.fl.state import (
     round_updates,
     trainer_key,
 )
-from flobc.validator.fl.txs import make_close, make_register, make_update, make_vote
+from flobc.protocol.txs import make_close, make_register, make_update, make_vote
+from flobc.storage.ledger import Ledger
+from flobc.validator.fl.app import FLApp
+from flobc.validator.fl.queries import NotFound, QueryError
 
 CHAIN = "fl-test"
 VALIDATORS = [PrivateKey(bytes([100 + i]) * 32) for i in range(7)]

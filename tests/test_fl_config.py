@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from flobc.cli import main
 from flobc.config import ConfigError, Genesis, NodeConfig, ValidatorInfo
 from flobc.crypto import PrivateKey, sha256
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.genesis import node_dataset_file
+from flobc.launch.cli import main
+from flobc.protocol.settings import FLConfig
+from flobc.validator.fl.services import node_dataset_file
 
 V0 = sha256(b"model v0")
 TRAINERS = tuple(PrivateKey(bytes([i]) * 32).public_key for i in range(1, 4))

@@ -34,10 +34,10 @@ import httpx
 import pytest
 from cluster import ClusterError, wait_until
 
-from flobc.cluster import ClusterOptions, Trainers, agreement, init_testnet
 from flobc.config import load_key
 from flobc.crypto import sha256
-from flobc.localnet import LocalNet
+from flobc.launch.cluster import ClusterOptions, Trainers, agreement, init_testnet
+from flobc.launch.localnet import LocalNet
 
 pytestmark = pytest.mark.slow
 

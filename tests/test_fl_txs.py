@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from flobc import codec
 from flobc.crypto import PrivateKey, sha256
-from flobc.validator.fl.txs import (
+from flobc.protocol.txs import (
     MAX_TX_BYTES,
     Close,
     Register,

@@ -222,7 +222,7 @@ def test_decide_at_its_boundaries() -> None:
 def test_the_validator_side_never_imports_tensorflow() -> None:
     """Only the worker process may: the node imports these modules at start."""
     code = ("import sys, flobc.validator.node, flobc.validator.fl.api, "
-            "flobc.validator.fl.voter, flobc.validator.fl.evaluator, flobc.cli\n"
+            "flobc.validator.fl.voter, flobc.validator.fl.evaluator, flobc.launch.cli\n"
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

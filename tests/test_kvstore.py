@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from flobc import codec
+from flobc.consensus.kvstore import MAX_KEY, MAX_TX_BYTES, MAX_VALUE, KVStore, make_tx
 from flobc.crypto import PrivateKey, sha256
 from flobc.storage.ledger import Ledger
-from flobc.validator.kvstore import MAX_KEY, MAX_TX_BYTES, MAX_VALUE, KVStore, make_tx
 
 ALICE = PrivateKey(bytes(range(32)))
 BOB = PrivateKey(bytes(range(1, 33)))

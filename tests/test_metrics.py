@@ -17,9 +17,9 @@ from cluster import Cluster, failure_report_plugin
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from flobc.cli import write_testnet
 from flobc.config import ConsensusParams, Genesis, load_key
-from flobc.localnet import free_port_range
+from flobc.launch.cli import write_testnet
+from flobc.launch.localnet import free_port_range
 from flobc.storage.ledger import Ledger
 from flobc.validator.node import Node
 

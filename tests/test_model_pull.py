@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 
-from flobc.cluster import ClusterOptions, Trainers, init_testnet
 from flobc.config import Genesis, ValidatorInfo
 from flobc.crypto import PrivateKey, sha256
-from flobc.localnet import LocalNet
+from flobc.launch.cluster import ClusterOptions, Trainers, init_testnet
+from flobc.launch.localnet import LocalNet
 from flobc.ml.weights import encode_weights
 
 pytestmark = pytest.mark.slow

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from flobc.cli import build_parser
 from flobc.config import ConsensusParams, Genesis, NodeConfig, _toml_value
+from flobc.launch.cli import build_parser
+from flobc.protocol.settings import FLConfig
 from flobc.trainer.config import TrainerConfig
-from flobc.validator.fl.config import FLConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README_PATH = ROOT / "README.md"

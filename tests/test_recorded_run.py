@@ -21,9 +21,9 @@ from flobc import codec
 from flobc.config import Genesis, ValidatorInfo
 from flobc.consensus.application import BlockState
 from flobc.crypto import sha256
+from flobc.protocol.state import read_meta, read_model
 from flobc.storage.ledger import Ledger
 from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.state import read_meta, read_model
 
 RECORDED = Path(__file__).parent / "data" / "recorded_fl_runs.msgpack"
 

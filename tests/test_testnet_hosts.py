@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from flobc.config import Genesis, NodeConfig, load_key
-from flobc.localnet import LocalNet, free_port_range
+from flobc.launch.localnet import LocalNet, free_port_range
 
 COMMIT_TIMEOUT_S = 60
 

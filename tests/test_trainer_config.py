@@ -11,9 +11,9 @@ import pytest
 from flobc.config import ConfigError, Genesis, ValidatorInfo, save_key
 from flobc.crypto import PrivateKey, sha256
 from flobc.ml.weights import encode_weights
+from flobc.protocol.settings import FLConfig
 from flobc.trainer.config import TrainerConfig
 from flobc.trainer.loop import Trainer, keras_learner
-from flobc.validator.fl.config import FLConfig
 
 VALID = """\
 validators = ["http://127.0.0.1:26601", "http://127.0.0.1:26603"]

@@ -26,7 +26,7 @@ from cluster import (
     run_flobc,
 )
 
-from flobc.localnet import free_port_range
+from flobc.launch.localnet import free_port_range
 
 pytestmark = pytest.mark.slow
 

@@ -25,10 +25,10 @@ from flobc.consensus.messages import (
 )
 from flobc.crypto import PrivateKey, sha256
 from flobc.ml.weights import encode_weights, spec
+from flobc.protocol.state import ModelRecord, model_key, write_model
 from flobc.storage.ledger import Ledger
 from flobc.trainer.client import ModelProof, ValidatorClient
 from flobc.trainer.verify import ModelStore, verify_genesis_model, verify_model
-from flobc.validator.fl.state import ModelRecord, model_key, write_model
 
 CHAIN = "verify-test"
 KEYS = [PrivateKey(bytes([i + 1]) * 32) for i in range(4)]

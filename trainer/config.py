@@ -18,12 +18,12 @@ import httpx
 from flobc.config import ConfigError
 from flobc.ml.data import DATASETS
 from flobc.ml.partition import DEFAULT_OPTIONS as PARTITIONERS
+from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.trainer.byzantine import BEHAVIOURS
 
 CONFIG_FILE = "trainer.toml"
 KEY_FILE = "trainer_key.json"
 GENESIS_FILE = "genesis.toml"
-GENESIS_MODEL_FILE = "genesis-model.bin"
 MAX_VALIDATORS = 1000
 MAX_SCALE = 1e6
 
@@ -100,7 +100,7 @@ class TrainerConfig:
 
     @property
     def genesis_model_path(self) -> Path:
-        return self.home / GENESIS_MODEL_FILE
+        return self.home / GENESIS_MODEL
 
     @property
     def dataset_file(self) -> Path | None:

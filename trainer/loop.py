@@ -36,6 +36,8 @@ from flobc.ml.learner import Learner
 from flobc.ml.models import ModelError
 from flobc.ml.partition import partition
 from flobc.ml.weights import all_finite, encode_weights
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.txs import MAX_ACCURACY_MILLI, MAX_U63, make_register, make_update
 from flobc.trainer.byzantine import transform
 from flobc.trainer.client import (
     ClientError,
@@ -47,8 +49,6 @@ from flobc.trainer.client import (
 from flobc.trainer.config import CONFIG_FILE, TrainerConfig
 from flobc.trainer.journal import ON_CHAIN, SENDING, SUBMITTED, Journal
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.txs import MAX_ACCURACY_MILLI, MAX_U63, make_register, make_update
 
 log = logging.getLogger("flobc.trainer")
 

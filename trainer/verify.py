@@ -25,9 +25,9 @@ from flobc.config import Genesis
 from flobc.consensus.light import VerificationError
 from flobc.crypto import sha256
 from flobc.ml.weights import Spec, WeightsError, decode_weights, spec
+from flobc.protocol.state import model_key, verify_model_record
 from flobc.trainer.client import ModelProof, ValidatorClient
 from flobc.trainer.files import write_atomic
-from flobc.validator.fl.state import model_key, verify_model_record
 
 log = logging.getLogger("flobc.trainer.verify")
 

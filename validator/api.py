@@ -1,5 +1,5 @@
 """The validator's HTTP API: submit transactions, read blocks, state proofs and status,
-and the running application's own endpoints (``/kv`` or the learning ``/fl``).
+the dashboard, and the running application's own endpoints (its ``AppServices``).
 
 Every endpoint is ``async def`` on purpose: they then run on the node's event loop,
 the same thread as consensus, so they read the ledger between blocks and never race
@@ -11,42 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from flobc import codec
-from flobc.config import Genesis, NodeConfig
 from flobc.consensus import mempool
-from flobc.consensus.application import Application
-from flobc.consensus.host import ReplicaHost
-from flobc.consensus.transport import Transport
-from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.voter import Voter
-from flobc.validator.metrics import NodeMetrics
+from flobc.validator.dashboard_api import dashboard_router
+from flobc.validator.http import (
+    binary_body,
+    decode_batch,
+    parse_height,
+    parse_hex,
+    read_body,
+    state_proof,
+)
+from flobc.validator.services import ApiNode
 
-MAX_BATCH_TXS = 2000
-MAX_HEIGHT = 2**63 - 1
 MAX_PROOF_KEY = 1024
 _SLICE = 200
 _HASH_HEX = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class ApiNode(Protocol):
-    """What the API needs from a running node."""
-
-    config: NodeConfig
-    genesis: Genesis
-    ledger: Any
-    app: Application
-    host: ReplicaHost
-    transport: Transport
-    voter: Voter | None
-    """A learning chain's voter (None for other applications)."""
-    metrics: NodeMetrics
 
 
 def create_api(node: ApiNode) -> FastAPI:
@@ -128,104 +114,9 @@ def create_api(node: ApiNode) -> FastAPI:
         """A key's value and Merkle proof under the latest stable checkpoint's state root."""
         return state_proof(node.host, parse_hex(key, "key", MAX_PROOF_KEY))
 
-    if isinstance(node.app, FLApp):
-        # Imported here because the learning endpoints build on this module's helpers.
-        from flobc.validator.fl.api import fl_router
-
-        api.include_router(fl_router(node, node.app, node.voter))
-    else:
-        api.include_router(_kv_router(node))
-    from flobc.validator.dashboard_api import dashboard_router
-
+    for router in node.services.routers():
+        api.include_router(router)
     api.include_router(dashboard_router(node))
     return api
 
 
-def _kv_router(node: ApiNode) -> APIRouter:
-    router = APIRouter()
-
-    @router.get("/kv/{key:path}")
-    async def get_kv(key: str) -> dict[str, Any]:
-        """The value (hex) stored under a UTF-8 key by the key-value application."""
-        try:
-            answer = node.app.query("kv", {"key": key}, node.host.committed)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        if answer["value"] is None:
-            raise HTTPException(404, f"no value stored under key {key[:80]!r}")
-        return answer
-
-    return router
-
-
-def state_proof(host: ReplicaHost, key: bytes) -> dict[str, Any]:
-    """``key``'s value and Merkle proof under the latest stable checkpoint's state root
-    (value and proof None when the key is absent there); 404 before the first one."""
-    found = host.proof_snapshot()
-    if found is None:
-        raise HTTPException(404, "no stable checkpoint yet")
-    seq, certificate, snapshot = found
-    value = snapshot.get(key)
-    proof = snapshot.prove(key)
-    return {"key": key.hex(), "value": None if value is None else value.hex(),
-            "proof": None if proof is None else proof.encode().hex(),
-            "checkpoint": {"seq": seq, "state_root": snapshot.root.hex(),
-                           "certificate": certificate.hex()}}
-
-
-def binary_body(description: str) -> dict[str, Any]:
-    """OpenAPI for a raw body, which the endpoint reads itself to bound its size."""
-    return {"requestBody": {"required": True, "description": description, "content": {
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise HTTPException(400, "Content-Length is not a number")
-        if len(declared) > 19 or int(declared) > limit:
-            raise HTTPException(413, f"body of {declared[:20]} bytes exceeds the limit of "
-                                     f"{limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
-    except ClientDisconnect as exc:
-        raise HTTPException(400, "client disconnected while sending the body") from exc
-    return bytes(body)
-
-
-def decode_batch(body: bytes, limit: int) -> list[bytes]:
-    """A batch body: a msgpack array of at most MAX_BATCH_TXS byte strings."""
-    try:
-        txs = codec.unpack(body, limit)
-    except codec.DecodeError as exc:
-        raise HTTPException(400, f"batch is not valid msgpack: {exc}") from exc
-    if not isinstance(txs, list) or not all(isinstance(tx, bytes) and tx for tx in txs):
-        raise HTTPException(400, "batch must be a msgpack array of non-empty byte strings")
-    if len(txs) > MAX_BATCH_TXS:
-        raise HTTPException(413, f"batch of {len(txs)} transactions exceeds the limit of "
-                                 f"{MAX_BATCH_TXS}")
-    return txs
-
-
-def parse_height(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 19) or int(text) > MAX_HEIGHT:
-        raise HTTPException(422, f"height must be an integer in 0..{MAX_HEIGHT}")
-    return int(text)
-
-
-def parse_hex(text: str, name: str, max_bytes: int) -> bytes:
-    if len(text) > 2 * max_bytes:
-        raise HTTPException(400, f"{name} exceeds {max_bytes} bytes")
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise HTTPException(400, f"{name} is not hex") from exc
-    if not value:
-        raise HTTPException(400, f"{name} must not be empty")
-    return value

@@ -1,65 +1,33 @@
-"""What a validator tells its operator: Prometheus metrics and one log line per event
-of the learning chain.
+"""What a validator tells its operator: Prometheus metrics of consensus.
 
 Metrics are read when scraped, not counted as things happen: a collector asks the
-consensus host for its status, the transport for its connections and, on a learning
-chain, the committed state through the application's queries. So neither consensus
-nor the state machine knows about Prometheus, and what the metrics say about learning
-is what the chain says, also after a restart. Only what cannot be read back later is
-recorded as it happens: each transaction's commit latency (a callback of the host)
-and each closed round's duration. Every node has its own registry, never the global
-default one, so several nodes can run in one process.
-
-Block execution must stay a pure function of the blocks, so it logs nothing; instead
-:class:`LearningEvents` compares the committed learning state after each block with
-what it saw after the previous one, and logs the rounds closed, updates rejected and
-trainers excluded. Each line carries its facts as ``extra`` fields (``event``,
-``round``, ...) for the JSON log format.
+consensus host for its status and the transport for its connections, so consensus knows
+nothing about Prometheus. Only what cannot be read back later is recorded as it
+happens: each transaction's commit latency (a callback of the host). Every node has its
+own registry, never the global default one, so several nodes can run in one process;
+the application adds its own metrics to it (``AppServices.register_metrics``).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flobc.consensus.application import Application
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
-from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.config import MICRO
-from flobc.validator.fl.queries import NotFound
-from flobc.validator.fl.state import (
-    ACCEPTED,
-    PENDING,
-    REJECTED,
-    Meta,
-    read_meta,
-    read_model,
-    round_updates,
-    trainers,
-)
-from flobc.validator.fl.voter import Voter
-
-log = logging.getLogger("flobc.fl")
 
 COMMIT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                           30.0, 60.0)
-ROUND_DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                          1800.0, 3600.0)
-HASH_PREFIX = 16
-"""Hex digits of a key or hash in a human-readable line (JSON fields carry all of it)."""
 
 
 class NodeMetrics:
     """One validator's registry, served at ``GET /metrics``."""
 
-    def __init__(self, host: ReplicaHost, transport: Transport, app: Application,
-                 voter: Voter | None) -> None:
+    def __init__(self, host: ReplicaHost, transport: Transport) -> None:
         self.registry = CollectorRegistry()
         self._commit_latency = Histogram(
             "flobc_commit_latency_seconds",
@@ -69,15 +37,6 @@ class NodeMetrics:
             buckets=COMMIT_LATENCY_BUCKETS, registry=self.registry)
         host.on_commit_latency(self._committed)
         self.registry.register(_ConsensusCollector(host, transport))
-        self.events: LearningEvents | None = None
-        """A learning chain's event lines."""
-        if isinstance(app, FLApp):
-            round_duration = Histogram(
-                "flobc_fl_round_duration_seconds",
-                "Block time from a round's opening to its close, for rounds closed while "
-                "this validator ran.", buckets=ROUND_DURATION_BUCKETS, registry=self.registry)
-            self.registry.register(_LearningCollector(host, app, voter))
-            self.events = LearningEvents(host, app, round_duration.observe)
 
     def _committed(self, latencies_ms: list[int]) -> None:
         for ms in latencies_ms:
@@ -116,144 +75,3 @@ class _ConsensusCollector(Collector):
                                 len(self._transport.connected_peers()))
 
 
-class _LearningCollector(Collector):
-    """The learning chain's committed state, read through the application's queries."""
-
-    def __init__(self, host: ReplicaHost, app: FLApp, voter: Voter | None) -> None:
-        self._host = host
-        self._app = app
-        self._voter = voter
-
-    def collect(self) -> Iterator[Metric]:
-        state = self._host.committed
-        listing = self._app.query("trainers", {}, state)["trainers"]
-        updates = CounterMetricFamily(
-            "flobc_fl_updates", "Updates decided by the validators' votes, as committed "
-            "(accepted at 2f+1 accept votes, rejected at f+1 reject votes).",
-            labels=["outcome"])
-        for outcome in (ACCEPTED, REJECTED):
-            updates.add_metric([outcome], sum(t[outcome] for t in listing))
-        yield updates
-        reputation = GaugeMetricFamily("flobc_fl_trainer_reputation",
-                                       "A trainer's committed trust score, 0 to 1.",
-                                       labels=["trainer"])
-        excluded = GaugeMetricFamily("flobc_fl_trainer_excluded",
-                                     "1 if the trainer is excluded (its trust fell under "
-                                     "the genesis threshold), else 0.", labels=["trainer"])
-        for t in listing:
-            reputation.add_metric([t["trainer"]], t["trust_micro"] / MICRO)
-            excluded.add_metric([t["trainer"]], int(t["excluded"]))
-        yield reputation
-        yield excluded
-        try:
-            rounds = self._app.query("rounds", {"limit": "1"}, state)
-        except NotFound:  # before the first block
-            pass
-        else:
-            yield GaugeMetricFamily("flobc_fl_model_version",
-                                    "The latest committed model version.", rounds["version"])
-            yield GaugeMetricFamily("flobc_fl_round", "The open round.", rounds["round"])
-        if self._voter is not None:
-            yield from self._voter_metrics(self._voter)
-
-    @staticmethod
-    def _voter_metrics(voter: Voter) -> Iterator[Metric]:
-        votes = CounterMetricFamily(
-            "flobc_fl_votes_cast", "Votes this validator signed and got admitted to its "
-            "mempool since it started, by verdict.", labels=["vote"])
-        for verdict, count in sorted(voter.votes_cast.items()):
-            votes.add_metric([verdict], count)
-        yield votes
-        scores = voter.test_scores()
-        if scores:
-            yield GaugeMetricFamily(
-                "flobc_fl_model_test_accuracy", "Accuracy on the test split of the latest "
-                "model version this validator has scored.", scores[-1][1].accuracy)
-
-
-class LearningEvents:
-    """Logs what each committed block changed in the learning state; see the module
-    docstring. ``round_closed(seconds)`` is called for each round that closes."""
-
-    def __init__(self, host: ReplicaHost, app: FLApp,
-                 round_closed: Callable[[float], None]) -> None:
-        self._host = host
-        self._threshold = app.config.trust_threshold
-        self._round_closed = round_closed
-        state = host.committed
-        self._meta = read_meta(state)
-        self._statuses = self._open_round_statuses(self._meta)
-        self._excluded = {key for key, record in trainers(state) if record.excluded}
-        host.on_commit(self._after_block)
-
-    def _open_round_statuses(self, meta: Meta | None) -> dict[bytes, str]:
-        if meta is None:
-            return {}
-        return {trainer: u.status for trainer, u in round_updates(self._host.committed,
-                                                                  meta.round)}
-
-    def _after_block(self, height: int) -> None:
-        """Runs inside the host's commit: an error here is logged, never raised, since
-        observing the chain must not stop it."""
-        try:
-            self._compare(height)
-        except Exception:
-            log.exception("cannot report the learning events of block %d", height)
-
-    def _compare(self, height: int) -> None:
-        before = self._meta
-        meta = read_meta(self._host.committed)
-        if meta is None:
-            return
-        if before is not None:
-            self._rejections(before.round)
-        self._exclusions()
-        if before is not None and meta.round != before.round:
-            self._closed(before, meta, height)
-        self._meta = meta
-        self._statuses = self._open_round_statuses(meta)
-
-    def _rejections(self, round_: int) -> None:
-        """Updates of ``round_`` (open before this block) that its votes rejected."""
-        for trainer, update in round_updates(self._host.committed, round_):
-            if update.status != REJECTED or self._statuses.get(trainer) == REJECTED:
-                continue
-            accepts, rejects = update.tally()
-            log.warning("update from trainer %s in round %d rejected by votes: %d reject, "
-                        "%d accept", trainer.hex()[:HASH_PREFIX], round_, rejects, accepts,
-                        extra={"event": "update_rejected", "trainer": trainer.hex(),
-                               "round": round_, "reject_votes": rejects,
-                               "accept_votes": accepts})
-
-    def _exclusions(self) -> None:
-        for trainer, record in trainers(self._host.committed):
-            if not record.excluded or trainer in self._excluded:
-                continue
-            self._excluded.add(trainer)
-            log.warning("trainer %s excluded: trust %.3f is under the threshold %.3f after "
-                        "%d rejected and %d accepted updates", trainer.hex()[:HASH_PREFIX],
-                        record.trust_micro / MICRO, self._threshold / MICRO, record.rejected,
-                        record.accepted,
-                        extra={"event": "trainer_excluded", "trainer": trainer.hex(),
-                               "trust": record.trust_micro / MICRO,
-                               "threshold": self._threshold / MICRO,
-                               "rejected": record.rejected, "accepted": record.accepted})
-
-    def _closed(self, before: Meta, meta: Meta, height: int) -> None:
-        """``before.round`` closed in this block and ``meta.round`` opened."""
-        state = self._host.committed
-        statuses = [u.status for _, u in round_updates(state, before.round)]
-        record = read_model(state, meta.version)
-        assert record is not None, "every version has its record"
-        model_hash = record.hash.hex()
-        seconds = (meta.round_opened_ms - before.round_opened_ms) / 1000
-        self._round_closed(seconds)
-        log.info("round %d closed: version %d, %d accepted, %d rejected, %d undecided, "
-                 "model %s, %.1f s, height %d", before.round, meta.version,
-                 statuses.count(ACCEPTED), statuses.count(REJECTED), statuses.count(PENDING),
-                 model_hash[:HASH_PREFIX], seconds, height,
-                 extra={"event": "round_closed", "round": before.round,
-                        "version": meta.version, "accepted": statuses.count(ACCEPTED),
-                        "rejected": statuses.count(REJECTED),
-                        "undecided": statuses.count(PENDING), "model_hash": model_hash,
-                        "seconds": seconds, "height": height})

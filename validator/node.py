@@ -21,21 +21,16 @@ from pathlib import Path
 import uvicorn
 
 from flobc.config import ConfigError, Genesis, NodeConfig, load_key, split_address
-from flobc.consensus.application import Application
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey
-from flobc.ml.models import ModelError, check_importable
 from flobc.storage.ledger import Ledger
 from flobc.validator.api import create_api
-from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.evaluator import Evaluator, EvaluatorSettings
-from flobc.validator.fl.genesis import load_genesis_model, node_dataset_file
-from flobc.validator.fl.voter import Voter
-from flobc.validator.kvstore import KVStore
+from flobc.validator.apps import load_application
 from flobc.validator.logs import LOG_FORMATS, configure_logging
 from flobc.validator.metrics import NodeMetrics
+from flobc.validator.services import NodeParts
 
 log = logging.getLogger("flobc.node")
 
@@ -81,7 +76,8 @@ class Node:
         self.config = config
         self.genesis = genesis
         self.ledger = ledger
-        self.app = load_application(config, genesis, ledger)
+        loaded = load_application(config, genesis, ledger)
+        self.app = loaded.application
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self.timers = LoopTimers(self._guarded(lambda name: self.host.on_timer(name)))
@@ -96,19 +92,11 @@ class Node:
             send=self.transport.send, set_timer=self.timers.set,
             cancel_timer=self.timers.cancel, now_ms=lambda: time.time_ns() // 1_000_000,
             mempool_max_txs=config.mempool_max_txs)
-        self.voter = self._voter(key) if isinstance(self.app, FLApp) else None
-        """A learning chain's off-chain duties: votes and closing late rounds."""
-        self.metrics = NodeMetrics(self.host, self.transport, self.app, self.voter)
-
-    def _voter(self, key: PrivateKey) -> Voter:
-        app = self.app
-        assert isinstance(app, FLApp)
-        settings = EvaluatorSettings(
-            model=app.config.model, seed=app.config.seed, dataset=app.config.dataset,
-            shard_index=self.config.index, shard_count=len(self.genesis.validators),
-            max_blob_bytes=app.config.max_blob_bytes,
-            dataset_file=node_dataset_file(self.config, app.config))
-        return Voter(self.host, key, self.genesis.chain_id, Evaluator(settings))
+        self.metrics = NodeMetrics(self.host, self.transport)
+        self.services = loaded.services(NodeParts(config, genesis, ledger, self.host,
+                                                  self.transport, key))
+        """The application's off-chain duties, routes, metrics and dashboard panel."""
+        self.services.register_metrics(self.metrics.registry)
 
     def _guarded(self, call: Callable[..., None]) -> Callable[..., None]:
         """Run ``call`` unless the host already failed; a failure stops the node."""
@@ -125,26 +113,6 @@ class Node:
 
     def start_host(self) -> None:
         self._guarded(self.host.start)()
-
-
-def load_application(config: NodeConfig, genesis: Genesis, ledger: Ledger) -> Application:
-    """The application genesis names (``[app] name``, the key-value store by default);
-    the rest of ``[app]`` is that application's settings. A learning chain's version-0
-    weights are checked against genesis and stored before consensus starts, so the
-    first block can refer to them."""
-    name = genesis.app.get("name", "kv")
-    if name == "kv":
-        return KVStore()
-    if name == "fl":
-        model_v0 = load_genesis_model(config.genesis_path)
-        app = FLApp.from_genesis(genesis, model_v0)
-        try:  # the evaluator builds the model; a validator that cannot would never vote
-            check_importable(app.config.model)
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from exc
-        ledger.put_blob(model_v0)
-        return app
-    raise ConfigError(f"genesis app.name {name!r} is not an application; use 'kv' or 'fl'")
 
 
 class _ApiServer(uvicorn.Server):
@@ -206,8 +174,7 @@ async def _serve(node: Node, api_socket: socket.socket, stop: asyncio.Event) -> 
     serving: asyncio.Task[None] | None = None
     try:
         node.start_host()
-        if node.voter is not None:
-            node.voter.start()
+        node.services.start()
         serving = asyncio.create_task(server.serve(sockets=[api_socket]))
         host, port = api_socket.getsockname()[:2]
         log.info("validator %d of chain %r started at height %d: API on http://%s:%d",
@@ -220,8 +187,7 @@ async def _serve(node: Node, api_socket: socket.socket, stop: asyncio.Event) -> 
         if serving is not None:
             server.should_exit = True
             await serving
-        if node.voter is not None:
-            await node.voter.stop()
+        await node.services.stop()
         await node.transport.close()
         node.timers.cancel_all()
         log.info("validator %d stopped at height %d", node.config.index, node.ledger.height)

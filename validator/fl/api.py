@@ -20,13 +20,14 @@ from flobc import codec
 from flobc.consensus import mempool
 from flobc.consensus.host import ReplicaHost
 from flobc.crypto import sha256
-from flobc.validator.api import ApiNode, binary_body, read_body, state_proof
+from flobc.protocol.settings import MICRO
+from flobc.protocol.state import model_key, read_meta, read_model
+from flobc.protocol.txs import Update, decode_tx
 from flobc.validator.fl.app import FLApp
-from flobc.validator.fl.config import MICRO
 from flobc.validator.fl.queries import MAX_NUMBER, NotFound, QueryError, number_param
-from flobc.validator.fl.state import model_key, read_meta, read_model
-from flobc.validator.fl.txs import Update, decode_tx
 from flobc.validator.fl.voter import SCORES_KEPT, Voter
+from flobc.validator.http import binary_body, read_body, state_proof
+from flobc.validator.services import NodeParts
 
 ENVELOPE_BYTES = 64 * 1024
 """Room for the transaction and the framing around the blob."""
@@ -53,7 +54,7 @@ class CommitSignal:
             await asyncio.wait_for(self._event.wait(), timeout_s)
 
 
-def fl_router(node: ApiNode, app: FLApp, voter: Voter | None) -> APIRouter:
+def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
     """The ``/fl`` endpoints of a validator running the learning application ``app``;
     ``voter`` supplies its own test-split scores of the model versions."""
     router = APIRouter(prefix="/fl", tags=["federated learning"])
@@ -175,7 +176,7 @@ def fl_router(node: ApiNode, app: FLApp, voter: Voter | None) -> APIRouter:
                                  SCORES_KEPT, DEFAULT_EVALUATIONS)
         except QueryError as exc:
             raise HTTPException(422, str(exc)) from exc
-        scores = voter.test_scores()[-count:] if voter is not None else []
+        scores = voter.test_scores()[-count:]
         return {"split": "test", "versions": [
             {"version": v, "accuracy": s.accuracy,
              "loss": s.loss if math.isfinite(s.loss) else None} for v, s in scores]}

@@ -15,11 +15,11 @@ from flobc.config import ConfigError, Genesis
 from flobc.consensus.application import BlockState, CommittedState
 from flobc.crypto import sha256
 from flobc.ml.weights import Spec, WeightsError, decode_weights, spec
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.state import Meta, read_meta
+from flobc.protocol.txs import Update, decode_tx
 from flobc.validator.fl import queries, rules
-from flobc.validator.fl.config import FLConfig
 from flobc.validator.fl.rounds import settle, start_chain
-from flobc.validator.fl.state import Meta, read_meta
-from flobc.validator.fl.txs import Update, decode_tx
 
 
 class FLApp:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from flobc.consensus.application import CommittedState
-from flobc.validator.fl.reputation import shares_micro
-from flobc.validator.fl.state import (
+from flobc.protocol.reputation import shares_micro
+from flobc.protocol.state import (
     ACCEPTED,
     PENDING,
     REJECTED,

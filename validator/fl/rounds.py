@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from flobc.consensus.application import BlockState, CommittedState
 from flobc.ml.weights import Spec, decode_weights, encode_weights
-from flobc.validator.fl.aggregate import (
+from flobc.protocol.aggregation import (
     Contribution,
     Weights,
     bap_merge,
@@ -20,8 +20,8 @@ from flobc.validator.fl.aggregate import (
     rebase,
     staleness_discount,
 )
-from flobc.validator.fl.config import MICRO, FLConfig
-from flobc.validator.fl.state import (
+from flobc.protocol.settings import MICRO, FLConfig
+from flobc.protocol.state import (
     ACCEPTED,
     PENDING,
     Meta,
@@ -34,7 +34,7 @@ from flobc.validator.fl.state import (
     write_meta,
     write_model,
 )
-from flobc.validator.fl.sync import enough_decided, extends_at_deadline
+from flobc.protocol.sync import enough_decided, extends_at_deadline
 
 
 def model_weights(state: CommittedState, version: int, spec: Spec) -> Weights:

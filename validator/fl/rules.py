@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 
 from flobc.consensus.application import BlockState, CommittedState
 from flobc.ml.weights import Spec, WeightsError, all_finite, decode_weights, l2_norm
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.reputation import is_excluded, penalised, rewarded
-from flobc.validator.fl.rounds import deadline_passed, merge_now
-from flobc.validator.fl.state import (
+from flobc.protocol.reputation import is_excluded, penalised, rewarded
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.state import (
     ACCEPTED,
     PENDING,
     REJECTED,
@@ -30,8 +29,9 @@ from flobc.validator.fl.state import (
     write_trainer,
     write_update,
 )
-from flobc.validator.fl.sync import base_problem
-from flobc.validator.fl.txs import Close, FLTx, Register, Update, Vote
+from flobc.protocol.sync import base_problem
+from flobc.protocol.txs import Close, FLTx, Register, Update, Vote
+from flobc.validator.fl.rounds import deadline_passed, merge_now
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,9 @@ from flobc.consensus.host import ReplicaHost
 from flobc.consensus.mempool import FULL
 from flobc.crypto import PrivateKey
 from flobc.ml.data import N_CLASSES
+from flobc.protocol.state import PENDING, read_meta, read_model, round_updates
+from flobc.protocol.txs import SCORE_RANGE, make_close, make_vote
 from flobc.validator.fl.evaluator import Evaluation, Evaluator, EvaluatorError, Score
-from flobc.validator.fl.state import PENDING, read_meta, read_model, round_updates
-from flobc.validator.fl.txs import SCORE_RANGE, make_close, make_vote
 
 log = logging.getLogger("flobc.voter")
 

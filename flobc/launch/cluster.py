@@ -25,12 +25,12 @@ from typing import Any
 
 import httpx
 
-from flobc.cli import CliError
 from flobc.config import Genesis
 from flobc.crypto import sha256
-from flobc.localnet import LocalNet, free_port_range
-from flobc.processes import ProcessGroup
-from flobc.validator.fl.config import FLConfig
+from flobc.errors import LaunchError
+from flobc.launch.localnet import LocalNet, free_port_range
+from flobc.launch.processes import ProcessGroup
+from flobc.protocol.settings import FLConfig
 
 POLL_S = 0.5
 COLUMNS = ("round", "accepted", "rejected", "accuracy", "seconds", "height", "model_hash")
@@ -72,7 +72,7 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise CliError(f"testnet init failed: {done.stderr.strip() or done.stdout.strip()}")
+        raise LaunchError(f"testnet init failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 class Trainers(ProcessGroup):
@@ -110,7 +110,7 @@ class Monitor:
             data = load_dataset(fl.dataset, None if dataset_file is None else str(dataset_file))
             self.learner = KerasLearner(build_model(fl.model, fl.seed))
         except ValueError as exc:
-            raise CliError(f"cannot measure test accuracy: {exc}") from exc
+            raise LaunchError(f"cannot measure test accuracy: {exc}") from exc
         self.test = split(data, seed=fl.seed).test
         self.url = url
         self.client = httpx.Client(timeout=30.0)
@@ -128,7 +128,7 @@ class Monitor:
 
         blob = self.client.get(f"{self.url}/fl/models/{record['version']}/weights").content
         if sha256(blob).hex() != record["hash"]:
-            raise CliError(f"validator served weights that do not match version "
+            raise LaunchError(f"validator served weights that do not match version "
                            f"{record['version']}'s committed hash")
         self.learner.set_weights(decode_weights(blob, max_bytes=len(blob)))
         accuracy = self.learner.evaluate(self.test.x, self.test.y)["accuracy"]

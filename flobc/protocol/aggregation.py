@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flobc.validator.fl.reputation import MICRO, shares_micro
+from flobc.protocol.reputation import MICRO, shares_micro
 
 Weights = list[np.ndarray]
 RULES = ("fedavg", "median", "trimmed_mean", "krum")

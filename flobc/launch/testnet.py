@@ -1,26 +1,36 @@
-"""A learning chain's genesis files: model version 0, the ``[app]`` section, trainer homes.
+"""Writing testnets: keys, a genesis and one home per validator, and for a learning chain
+its version-0 weights, the ``[app]`` section and one home per trainer.
 
-Version 0 is computed once, here, from the model name and seed, and shipped as bytes
-(``genesis-model.bin``) whose SHA-256 genesis records: every validator and trainer then
-starts from the same weights without ever initialising a model itself. Computing them
-imports TensorFlow, which is fine in the command that writes a testnet and never
-happens in a validator.
+Version 0 is computed here, from the model name and seed (which imports TensorFlow: fine
+in the command that writes a testnet, never in a validator).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flobc.config import ConfigError, NodeConfig, save_key
+from flobc.config import (
+    ConfigError,
+    ConsensusParams,
+    Genesis,
+    NodeConfig,
+    Peer,
+    ValidatorInfo,
+    save_key,
+)
 from flobc.crypto import PrivateKey, sha256
-from flobc.validator.fl.config import FLConfig
+from flobc.errors import LaunchError
+from flobc.protocol.genesis import GENESIS_MODEL
+from flobc.protocol.settings import FLConfig
 
-GENESIS_MODEL = "genesis-model.bin"
+DEFAULT_BASE_PORT = 26600
 TRAINER_KEY = "trainer_key.json"
 TRAINER_CONFIG = "trainer.toml"
 DATASET = "mnist_5k"
@@ -99,25 +109,6 @@ def _checked_dataset_file(options: FLOptions) -> str | None:
     return str(path)
 
 
-def node_dataset_file(config: NodeConfig, fl: FLConfig) -> str | None:
-    """The dataset file this validator evaluates on: its config's ``dataset_file`` when
-    genesis names ``dataset = "file"``, else None; ConfigError when the two disagree or
-    the file is not there."""
-    where = config.home / "config.toml"
-    path = config.dataset_path
-    if fl.dataset != "file":
-        if path is not None:
-            raise ConfigError(f"{where}: dataset_file is only used when genesis names "
-                              f'app.dataset = "file" (it names {fl.dataset!r})')
-        return None
-    if path is None:
-        raise ConfigError(f'{where}: genesis names app.dataset = "file"; set dataset_file '
-                          "to this node's copy of the dataset (.npz)")
-    if not path.is_file():
-        raise ConfigError(f"{where}: dataset_file {str(path)!r} is not a file")
-    return str(path)
-
-
 def write_fl_genesis_files(out: Path, validators: Sequence[NodeConfig], fl: FLGenesis, *,
                            api_addresses: Sequence[str] | None = None) -> list[Path]:
     """Write ``genesis-model.bin`` beside every genesis file, a ``file`` dataset's path
@@ -159,11 +150,71 @@ def _trainer_toml(urls: list[str], index: int, options: FLOptions) -> str:
     return "".join(f"{name} = {json.dumps(value)}\n" for name, value in settings.items())
 
 
-def load_genesis_model(genesis_path: Path) -> bytes:
-    """The ``genesis-model.bin`` beside a genesis file (its hash is checked by FLApp)."""
-    path = genesis_path.parent / GENESIS_MODEL
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the genesis model {path}: {exc.strerror}; it is "
-                          "written by 'flobc testnet init --app fl'") from exc
+def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
+                  params: ConsensusParams, force: bool = False,
+                  app: dict[str, Any] | None = None, hosts: Sequence[str] | None = None,
+                  listen_host: str | None = None) -> list[NodeConfig]:
+    """Write a genesis and one home folder per validator; return their configurations.
+
+    Validator i listens for peers on ``base_port + 2i`` and serves its API on
+    ``base_port + 2i + 1``; every validator lists all the others as peers. ``app`` is
+    the genesis ``[app]`` section (none: the key-value store). Validator i is reached at
+    ``hosts[i]`` (default: ``host`` for every validator) and listens on ``listen_host``
+    (default: the address it is reached at), e.g. ``0.0.0.0`` in a container whose
+    peers know it by its hostname.
+    """
+    if validators < 1:
+        raise LaunchError(f"--validators must be at least 1, got {validators}")
+    hosts = list(hosts) if hosts is not None else [host] * validators
+    if len(hosts) != validators:
+        raise LaunchError(f"{len(hosts)} host(s) given for {validators} validator(s)")
+    last_port = base_port + 2 * validators - 1
+    if base_port < 1 or last_port > 65535:
+        raise LaunchError(f"ports {base_port}..{last_port} are outside 1..65535")
+    _prepare_out_dir(out, force)
+    keys = [PrivateKey.generate() for _ in range(validators)]
+    genesis = Genesis(chain_id, int(time.time() * 1000),
+                      tuple(ValidatorInfo(f"validator-{i}", k.public_key)
+                            for i, k in enumerate(keys)),
+                      params, app or {})
+    genesis_text = genesis.to_toml()
+    (out / "genesis.toml").write_text(genesis_text)
+    peers = testnet_peers(hosts, base_port)
+    listening = testnet_peers([listen_host] * validators, base_port) if listen_host else peers
+    configs = []
+    for i, key in enumerate(keys):
+        home = out / f"validator-{i}"
+        home.mkdir()
+        config = NodeConfig(home=home, index=i, peer_listen=listening[i].peer_address,
+                            api_listen=listening[i].api_address,
+                            peers=tuple(p for p in peers if p.index != i))
+        config.save()
+        config.genesis_path.write_text(genesis_text)
+        save_key(config.key_path, key)
+        configs.append(config)
+    return configs
+
+
+def _prepare_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise LaunchError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise LaunchError(f"{out} is not empty; pass --force to replace the testnet in it")
+        (out / "genesis.toml").unlink(missing_ok=True)
+        (out / "genesis-model.bin").unlink(missing_ok=True)
+        for home in [*out.glob("validator-*"), *out.glob("trainer-*")]:
+            if home.is_dir():
+                shutil.rmtree(home)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def testnet_peers(hosts: Sequence[str], base_port: int) -> list[Peer]:
+    """Validator i's addresses: ``hosts[i]`` at ports ``base_port + 2i`` (peers) and
+    ``base_port + 2i + 1`` (API)."""
+    return [Peer(i, _address(h, base_port + 2 * i), _address(h, base_port + 2 * i + 1))
+            for i, h in enumerate(hosts)]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

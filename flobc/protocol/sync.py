@@ -9,8 +9,8 @@ time, so a trainer that left can delay a round by at most that.
 
 from __future__ import annotations
 
-from flobc.validator.fl.config import MICRO, FLConfig
-from flobc.validator.fl.state import Meta
+from flobc.protocol.settings import MICRO, FLConfig
+from flobc.protocol.state import Meta
 
 
 def base_problem(config: FLConfig, version: int, base: int) -> str | None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,110 +23,33 @@ from flobc.config import (
     ConfigError,
     ConsensusParams,
     Genesis,
-    NodeConfig,
-    Peer,
-    ValidatorInfo,
     load_key,
     save_key,
 )
 from flobc.consensus.light import VerificationError, verify_block, verify_state
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import PrivateKey
-from flobc.ml.data import DATASETS
-from flobc.ml.models import MODELS
-from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
-from flobc.validator.fl.config import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
-from flobc.validator.fl.genesis import (
+from flobc.errors import LaunchError
+from flobc.launch.testnet import (
+    DEFAULT_BASE_PORT,
     FLGenesis,
     FLOptions,
     make_fl_genesis,
+    testnet_peers,
     write_fl_genesis_files,
+    write_testnet,
 )
+from flobc.ml.data import DATASETS
+from flobc.ml.models import MODELS
+from flobc.protocol.settings import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
+from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
 
 HTTP_TIMEOUT_S = 10.0
-DEFAULT_BASE_PORT = 26600
-
-
-class CliError(Exception):
-    """A failure to report to the user as one line."""
-
-
-# --- testnet files ------------------------------------------------------------------
-
-
-def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
-                  params: ConsensusParams, force: bool = False,
-                  app: dict[str, Any] | None = None, hosts: Sequence[str] | None = None,
-                  listen_host: str | None = None) -> list[NodeConfig]:
-    """Write a genesis and one home folder per validator; return their configurations.
-
-    Validator i listens for peers on ``base_port + 2i`` and serves its API on
-    ``base_port + 2i + 1``; every validator lists all the others as peers. ``app`` is
-    the genesis ``[app]`` section (none: the key-value store). Validator i is reached at
-    ``hosts[i]`` (default: ``host`` for every validator) and listens on ``listen_host``
-    (default: the address it is reached at), e.g. ``0.0.0.0`` in a container whose
-    peers know it by its hostname.
-    """
-    if validators < 1:
-        raise CliError(f"--validators must be at least 1, got {validators}")
-    hosts = list(hosts) if hosts is not None else [host] * validators
-    if len(hosts) != validators:
-        raise CliError(f"{len(hosts)} host(s) given for {validators} validator(s)")
-    last_port = base_port + 2 * validators - 1
-    if base_port < 1 or last_port > 65535:
-        raise CliError(f"ports {base_port}..{last_port} are outside 1..65535")
-    _prepare_out_dir(out, force)
-    keys = [PrivateKey.generate() for _ in range(validators)]
-    genesis = Genesis(chain_id, int(time.time() * 1000),
-                      tuple(ValidatorInfo(f"validator-{i}", k.public_key)
-                            for i, k in enumerate(keys)),
-                      params, app or {})
-    genesis_text = genesis.to_toml()
-    (out / "genesis.toml").write_text(genesis_text)
-    peers = testnet_peers(hosts, base_port)
-    listening = testnet_peers([listen_host] * validators, base_port) if listen_host else peers
-    configs = []
-    for i, key in enumerate(keys):
-        home = out / f"validator-{i}"
-        home.mkdir()
-        config = NodeConfig(home=home, index=i, peer_listen=listening[i].peer_address,
-                            api_listen=listening[i].api_address,
-                            peers=tuple(p for p in peers if p.index != i))
-        config.save()
-        config.genesis_path.write_text(genesis_text)
-        save_key(config.key_path, key)
-        configs.append(config)
-    return configs
-
-
-def _prepare_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise CliError(f"{out} is not empty; pass --force to replace the testnet in it")
-        (out / "genesis.toml").unlink(missing_ok=True)
-        (out / "genesis-model.bin").unlink(missing_ok=True)
-        for home in [*out.glob("validator-*"), *out.glob("trainer-*")]:
-            if home.is_dir():
-                shutil.rmtree(home)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def testnet_peers(hosts: Sequence[str], base_port: int) -> list[Peer]:
-    """Validator i's addresses: ``hosts[i]`` at ports ``base_port + 2i`` (peers) and
-    ``base_port + 2i + 1`` (API)."""
-    return [Peer(i, _address(h, base_port + 2 * i), _address(h, base_port + 2 * i + 1))
-            for i, h in enumerate(hosts)]
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _checked_host(text: str, flag: str) -> str:
     if not text or not all(c.isascii() and (c.isalnum() or c in ".-_:") for c in text):
-        raise CliError(f"{flag}: {text!r} is not a host name or IP address")
+        raise LaunchError(f"{flag}: {text!r} is not a host name or IP address")
     return text
 
 
@@ -140,7 +61,7 @@ def validator_hosts(spec: str, validators: int) -> list[str]:
     else:
         hosts = [h.strip() for h in spec.split(",")]
         if len(hosts) != validators:
-            raise CliError(f"--hosts names {len(hosts)} host(s) for {validators} "
+            raise LaunchError(f"--hosts names {len(hosts)} host(s) for {validators} "
                            "validator(s); give one per validator, or a template with {i}")
     return [_checked_host(h, "--hosts") for h in hosts]
 
@@ -167,9 +88,9 @@ def base_url(text: str) -> str:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise CliError(f"{text!r} is not a validator URL: {exc}") from exc
+        raise LaunchError(f"{text!r} is not a validator URL: {exc}") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise CliError(f"{text!r} is not an http(s) URL of a validator")
+        raise LaunchError(f"{text!r} is not an http(s) URL of a validator")
     return url.rstrip("/")
 
 
@@ -180,24 +101,24 @@ def request(method: str, base: str, path: str, *, allow_404: bool = False,
         response = httpx.request(method, base + path, timeout=HTTP_TIMEOUT_S, **kwargs)
     except httpx.TransportError as exc:
         reason = str(exc) or type(exc).__name__
-        raise CliError(f"cannot reach validator at {base}: {reason}") from exc
+        raise LaunchError(f"cannot reach validator at {base}: {reason}") from exc
     except httpx.HTTPError as exc:
-        raise CliError(f"{base}{path}: {exc or type(exc).__name__}") from exc
+        raise LaunchError(f"{base}{path}: {exc or type(exc).__name__}") from exc
     if response.status_code == 404 and allow_404:
         return None
     try:
         data = response.json()
     except ValueError as exc:
-        raise CliError(f"{base}{path}: HTTP {response.status_code}, answer is not JSON") from exc
+        raise LaunchError(f"{base}{path}: HTTP {response.status_code}, answer is not JSON") from exc
     if response.is_error:
         detail = data.get("detail", data) if isinstance(data, dict) else data
-        raise CliError(f"{base}{path}: HTTP {response.status_code}: {detail}")
+        raise LaunchError(f"{base}{path}: HTTP {response.status_code}: {detail}")
     return data
 
 
 def _field(data: Any, name: str, what: str) -> Any:
     if not isinstance(data, dict) or name not in data:
-        raise CliError(f"{what}: the validator's answer lacks {name!r}")
+        raise LaunchError(f"{what}: the validator's answer lacks {name!r}")
     return data[name]
 
 
@@ -206,7 +127,7 @@ def _hex_field(data: Any, name: str, what: str) -> bytes:
     try:
         return bytes.fromhex(value)
     except (TypeError, ValueError) as exc:
-        raise CliError(f"{what}: {name!r} in the validator's answer is not hex") from exc
+        raise LaunchError(f"{what}: {name!r} in the validator's answer is not hex") from exc
 
 
 def _when(time_ms: int) -> str:
@@ -224,13 +145,13 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         if not args.force:
-            raise CliError(f"{out} exists; pass --force to overwrite it")
+            raise LaunchError(f"{out} exists; pass --force to overwrite it")
         out.unlink()  # so the new file is created with owner-only permissions
     key = PrivateKey.generate()
     try:
         save_key(out, key)
     except OSError as exc:
-        raise CliError(f"cannot write {out}: {exc.strerror}") from exc
+        raise LaunchError(f"cannot write {out}: {exc.strerror}") from exc
     print(key.public_key.hex())
     return 0
 
@@ -274,7 +195,7 @@ def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
     if args.app != "fl":
         if given:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-            raise CliError(f"{flags} only apply with --app fl")
+            raise LaunchError(f"{flags} only apply with --app fl")
         return None
     return make_fl_genesis(FLOptions(**given))
 
@@ -295,7 +216,7 @@ def cmd_trainer_join(args: argparse.Namespace) -> int:
     try:
         return run_trainer(config)
     except TrainerError as exc:
-        raise CliError(str(exc)) from exc
+        raise LaunchError(str(exc)) from exc
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -332,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     what = f"{base}/blocks/{args.height}"
     served = request("GET", base, f"/blocks/{args.height}", allow_404=True)
     if served is None:
-        raise CliError(f"{base} has no block at height {args.height}")
+        raise LaunchError(f"{base} has no block at height {args.height}")
     block_bytes = _hex_field(served, "block", what)
     certificate_bytes = _hex_field(served, "certificate", what)
     block = verify_block(genesis, block_bytes, certificate_bytes, height=args.height)
@@ -351,11 +272,11 @@ def _verify_key(genesis: Genesis, base: str, key_hex: str) -> None:
     try:
         key = bytes.fromhex(key_hex)
     except ValueError as exc:
-        raise CliError(f"--key {key_hex!r} is not hex") from exc
+        raise LaunchError(f"--key {key_hex!r} is not hex") from exc
     what = f"{base}/state/proof"
     served = request("GET", base, "/state/proof", params={"key": key.hex()}, allow_404=True)
     if served is None:
-        raise CliError(f"{base} has no stable checkpoint yet to prove state against")
+        raise LaunchError(f"{base} has no stable checkpoint yet to prove state against")
     if _field(served, "value", what) is None or _field(served, "proof", what) is None:
         raise VerificationError(
             f"{base} reports state key {key.hex()} absent; proofs cover present keys only, "
@@ -381,11 +302,11 @@ def _printable(value: bytes) -> str:
 
 
 def cmd_tx_send(args: argparse.Namespace) -> int:
-    from flobc.validator.kvstore import KV_PREFIX, make_tx
+    from flobc.consensus.kvstore import KV_PREFIX, make_tx
 
     k, sep, v = args.set.partition("=")
     if not sep or not k:
-        raise CliError(f"--set expects KEY=VALUE, got {args.set!r}")
+        raise LaunchError(f"--set expects KEY=VALUE, got {args.set!r}")
     base = base_url(args.validator)
     key = load_key(args.key)
     nonce = args.nonce if args.nonce is not None else time.time_ns()
@@ -398,7 +319,7 @@ def cmd_tx_send(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.wait
         while (found := request("GET", base, f"/txs/{tx_hash}", allow_404=True)) is None:
             if time.monotonic() > deadline:
-                raise CliError(f"tx {tx_hash} not committed within {args.wait:g} s")
+                raise LaunchError(f"tx {tx_hash} not committed within {args.wait:g} s")
             time.sleep(0.1)
         result = _field(found, "result", f"{base}/txs/{tx_hash}")
         print(f"committed at height {found.get('height')}, index {found.get('index')}: "
@@ -407,20 +328,20 @@ def cmd_tx_send(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flobc.demo import run_demo
+    from flobc.launch.demo import run_demo
 
     return run_demo(validators=args.validators, seconds=args.seconds, rate=args.rate,
                     keep=args.keep)
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    from flobc.cluster import ClusterOptions, run_cluster
+    from flobc.launch.cluster import ClusterOptions, run_cluster
 
     behaviours = {}
     for item in args.byzantine or []:
         index, sep, behaviour = item.partition(":")
         if not sep or not index.isdigit():
-            raise CliError(f"--byzantine takes INDEX:BEHAVIOUR, e.g. 3:sign_flip; got {item!r}")
+            raise LaunchError(f"--byzantine takes INDEX:BEHAVIOUR, e.g. 3:sign_flip; got {item!r}")
         behaviours[int(index)] = behaviour
     return run_cluster(ClusterOptions(
         validators=args.validators, trainers=args.trainers, rounds=args.rounds,
@@ -431,7 +352,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
-    from flobc.model_pull import pull_model
+    from flobc.launch.model_pull import pull_model
 
     urls = [base_url(u) for u in args.validator]
     pulled = pull_model(Path(args.genesis), urls, args.version, Path(args.out))
@@ -724,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         # worth a message, but Python must not complain again when flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (CliError, ConfigError, VerificationError) as exc:
+    except (LaunchError, ConfigError, VerificationError) as exc:
         print(f"flobc: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

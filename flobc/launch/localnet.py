@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from flobc.cli import CliError, write_testnet
 from flobc.config import ConsensusParams, Genesis, NodeConfig
-from flobc.processes import ProcessGroup
+from flobc.errors import LaunchError
+from flobc.launch.processes import ProcessGroup
+from flobc.launch.testnet import write_testnet
 
 STARTUP_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
@@ -31,7 +32,7 @@ def free_port_range(count: int, attempts: int = 200) -> int:
         base = random.randrange(20000, 30000 - count)
         if all(_port_free(port) for port in range(base, base + count)):
             return base
-    raise CliError(f"found no {count} consecutive free ports in 20000..30000")
+    raise LaunchError(f"found no {count} consecutive free ports in 20000..30000")
 
 
 def _port_free(port: int) -> bool:
@@ -102,12 +103,12 @@ class LocalNet(ProcessGroup):
                 for i in sorted(waiting):
                     proc = self.procs[i]
                     if proc is None or proc.poll() is not None:
-                        raise CliError(f"validator {i} is not running: {self.log_tail(i, 5)}")
+                        raise LaunchError(f"validator {i} is not running: {self.log_tail(i, 5)}")
                     with contextlib.suppress(httpx.TransportError):
                         if client.get(f"{self.urls[i]}/status").status_code == 200:
                             waiting.discard(i)
                 if waiting and time.monotonic() > deadline:
-                    raise CliError(f"validators {sorted(waiting)} not serving after "
+                    raise LaunchError(f"validators {sorted(waiting)} not serving after "
                                    f"{timeout:.0f} s")
                 if waiting:
                     time.sleep(POLL_INTERVAL_S)

@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 
 from flobc import codec
-from flobc.cli import CliError
 from flobc.config import Genesis
+from flobc.consensus.kvstore import make_tx
 from flobc.consensus.light import verify_block
 from flobc.crypto import PrivateKey
-from flobc.localnet import LocalNet
-from flobc.validator.kvstore import make_tx
+from flobc.errors import LaunchError
+from flobc.launch.localnet import LocalNet
 
 TICK_S = 0.05
 MAX_BATCH_TXS = 2000
@@ -173,7 +173,7 @@ async def _drive(genesis: Genesis, urls: list[str], seconds: float, rate: float)
         try:
             committed = await _watch(client, urls[0], seconds, stop, load)
         except (httpx.HTTPError, ValueError) as exc:
-            raise CliError(f"validator 0 stopped answering: {exc or type(exc).__name__}"
+            raise LaunchError(f"validator 0 stopped answering: {exc or type(exc).__name__}"
                            ) from exc
         finally:
             stop.set()

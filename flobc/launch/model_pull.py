@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flobc.cli import CliError
 from flobc.config import ConfigError, Genesis
 from flobc.consensus.light import VerificationError
+from flobc.errors import LaunchError
+from flobc.launch.testnet import GENESIS_MODEL
+from flobc.protocol.settings import FLConfig
 from flobc.trainer.client import ClientError, ValidatorClient
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
-from flobc.validator.fl.config import FLConfig
-from flobc.validator.fl.genesis import GENESIS_MODEL
 
 if TYPE_CHECKING:
     import keras
@@ -92,16 +92,16 @@ def fetch_verified(store: ModelStore, client: ValidatorClient, version: int | No
     if version != 0:
         status = client.status()
         if status is None:
-            raise CliError(f"{client.current} has not executed its first block yet")
+            raise LaunchError(f"{client.current} has not executed its first block yet")
         if version is None:
             version = status.version
         elif version > status.version:
-            raise CliError(f"model version {version} does not exist yet: {client.current} "
+            raise LaunchError(f"model version {version} does not exist yet: {client.current} "
                            f"is at version {status.version}")
     deadline = time.monotonic() + wait_s
     while (model := store.get(version)) is None:
         if time.monotonic() >= deadline:
-            raise CliError(f"no validator serves a checkpoint proof of model version "
+            raise LaunchError(f"no validator serves a checkpoint proof of model version "
                            f"{version} after {wait_s:g} s")
         time.sleep(POLL_S)
     return model
@@ -123,9 +123,9 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
                wait_s: float = CERTIFY_WAIT_S) -> PulledModel:
     """Fetch, verify and save model ``version`` (None: latest) as the Keras file ``out``."""
     if out.suffix != ".keras":
-        raise CliError(f"--out {out} must end in .keras (the Keras file format)")
+        raise LaunchError(f"--out {out} must end in .keras (the Keras file format)")
     if not out.parent.is_dir():
-        raise CliError(f"{out.parent} is not a folder")
+        raise LaunchError(f"{out.parent} is not a folder")
     genesis = Genesis.load(genesis_path)
     fl = FLConfig.from_genesis(genesis, genesis_path)
     v0, model = genesis_model(genesis, genesis_path, fl)
@@ -136,7 +136,7 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
         try:
             verified = fetch_verified(store, client, version, wait_s)
         except ClientError as exc:
-            raise CliError(str(exc)) from exc
+            raise LaunchError(str(exc)) from exc
         except VerificationError as exc:
             raise VerificationError(f"{exc} (checked against the keys in {genesis_path})"
                                     ) from exc
