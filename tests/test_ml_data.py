@@ -17,7 +17,15 @@ from flobc.ml.data import (
     split_indices,
     validator_shard,
 )
-from flobc.ml.partition import dirichlet, iid, label_shards, partition
+from flobc.ml.partition import (
+    IID,
+    Dirichlet,
+    LabelShards,
+    Quantity,
+    parse_partition,
+    partition,
+    partition_help,
+)
 
 
 @cache
@@ -171,8 +179,10 @@ PARTITIONS = [
     ("iid", {}),
     ("dirichlet", {"alpha": 0.1}),
     ("dirichlet", {"alpha": 100.0}),
-    ("label_shards", {"shards_per_part": 2}),
-    ("label_shards", {"shards_per_part": 3}),
+    ("shards", {"shards_per_part": 2}),
+    ("shards", {"shards_per_part": 3}),
+    ("quantity", {"alpha": 0.5}),
+    ("quantity", {"alpha": 0.05}),
 ]
 
 
@@ -194,7 +204,7 @@ def test_partitions_are_fixed_by_the_seed(name: str, options: dict) -> None:
 
 def test_iid_parts_are_even_and_unskewed() -> None:
     labels = train_labels()
-    parts = iid(len(labels), 10, 0)
+    parts = IID().split(labels, 10, 0)
     assert {len(p) for p in parts} == {400}
     assert _label_distance(parts, labels) < 0.1
 
@@ -202,14 +212,14 @@ def test_iid_parts_are_even_and_unskewed() -> None:
 def test_dirichlet_alpha_sets_the_skew() -> None:
     labels = train_labels()
     for seed in range(3):
-        assert _label_distance(dirichlet(labels, 10, 0.1, seed), labels) > 0.5
-        assert _label_distance(dirichlet(labels, 10, 1000.0, seed), labels) < 0.1
+        assert _label_distance(Dirichlet(0.1).split(labels, 10, seed), labels) > 0.5
+        assert _label_distance(Dirichlet(1000.0).split(labels, 10, seed), labels) < 0.1
 
 
 def test_dirichlet_never_leaves_a_part_empty() -> None:
     labels = np.repeat(np.arange(10), 3)
     for seed in range(20):
-        parts = dirichlet(labels, 30, 0.01, seed)
+        parts = Dirichlet(0.01).split(labels, 30, seed)
         _assert_exact_cover(parts, 30)
         assert [len(p) for p in parts] == [1] * 30
 
@@ -217,20 +227,21 @@ def test_dirichlet_never_leaves_a_part_empty() -> None:
 def test_label_shards_give_each_part_few_labels() -> None:
     labels = train_labels()
     # 400 samples per class and shards of 200: every shard holds one label.
-    parts = label_shards(labels, 10, 2, 0)
+    parts = LabelShards(2).split(labels, 10, 0)
     assert all(len(np.unique(labels[p])) <= 2 for p in parts)
     assert {len(p) for p in parts} == {400}
-    uneven = label_shards(labels, 7, 3, 0)
+    uneven = LabelShards(3).split(labels, 7, 0)
     assert all(len(np.unique(labels[p])) <= 6 for p in uneven)
 
 
 def test_partition_by_name() -> None:
     labels = train_labels()
     assert all(np.array_equal(a, b) for a, b in zip(
-        partition("dirichlet", labels, 4, 1), dirichlet(labels, 4, 0.5, 1), strict=True))
+        partition("dirichlet", labels, 4, 1), Dirichlet(0.5).split(labels, 4, 1), strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(
-        partition("label_shards", labels, 4, 1), label_shards(labels, 4, 2, 1), strict=True))
-    with pytest.raises(ValueError, match="known partitioners: iid, dirichlet, label_shards"):
+        partition("shards", labels, 4, 1), LabelShards(2).split(labels, 4, 1), strict=True))
+    with pytest.raises(ValueError, match="unknown partitioner 'pathological'; "
+                                         "known: iid, dirichlet, shards, quantity"):
         partition("pathological", labels, 4, 0)
     with pytest.raises(ValueError, match="'iid' has no option alpha; its options: none"):
         partition("iid", labels, 4, 0, alpha=1.0)
@@ -241,12 +252,62 @@ def test_partition_by_name() -> None:
 def test_partition_arguments_are_checked() -> None:
     labels = np.arange(10) % 3
     with pytest.raises(ValueError, match="10 samples cannot fill 11 parts"):
-        iid(10, 11, 0)
+        IID().split(np.zeros(10, dtype=int), 11, 0)
     with pytest.raises(ValueError, match="need at least one part"):
-        dirichlet(labels, 0, 1.0, 0)
+        Dirichlet(1.0).split(labels, 0, 0)
     with pytest.raises(ValueError, match="alpha must be a positive number"):
-        dirichlet(labels, 2, 0.0, 0)
+        Dirichlet(0.0).split(labels, 2, 0)
     with pytest.raises(ValueError, match="cannot fill 4 parts with 3 each"):
-        label_shards(labels, 4, 3, 0)
+        LabelShards(3).split(labels, 4, 0)
     with pytest.raises(ValueError, match="labels must be a 1-D array of integers"):
-        dirichlet(labels.astype(float), 2, 1.0, 0)
+        Dirichlet(1.0).split(labels.astype(float), 2, 0)
+
+
+def test_quantity_skew_keeps_labels_and_skews_sizes() -> None:
+    labels = train_labels()
+    for seed in range(3):
+        parts = Quantity(0.5).split(labels, 10, seed)
+        sizes = sorted(len(p) for p in parts)
+        assert sizes[-1] > 4 * sizes[0], sizes
+        big = [p for p in parts if len(p) >= 200]
+        assert _label_distance(big, labels) < 0.2
+    assert _label_distance(Quantity(1000.0).split(labels, 10, 0), labels) < 0.1
+
+
+def test_quantity_never_leaves_a_part_empty() -> None:
+    for seed in range(20):
+        parts = Quantity(0.01).split(np.zeros(30, dtype=int), 30, seed)
+        _assert_exact_cover(parts, 30)
+        assert min(len(p) for p in parts) >= 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("iid", ("iid", {})),
+    ("dirichlet:0.1", ("dirichlet", {"alpha": 0.1})),
+    ("shards:3", ("shards", {"shards_per_part": 3})),
+    ("quantity:2", ("quantity", {"alpha": 2.0})),
+    ("dirichlet", ("dirichlet", {})),
+])
+def test_partitions_parse_from_the_command_line_form(text: str, expected: tuple) -> None:
+    assert parse_partition(text) == expected
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("pathological:1", "unknown partitioner 'pathological'"),
+    ("iid:3", "'iid' takes no value"),
+    ("shards:two", "shards_per_part must be an integer"),
+    ("shards:0", "shards_per_part must be at least 1"),
+    ("dirichlet:-1", "alpha must be a positive number"),
+    ("quantity:nan", "alpha must be a positive number"),
+])
+def test_bad_partitions_name_the_problem(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_partition(text)
+
+
+def test_partition_help_comes_from_the_registry() -> None:
+    from flobc.ml.partition import PARTITIONERS
+
+    text = partition_help()
+    assert all(name in text for name in PARTITIONERS)
+    assert "dirichlet:alpha" in text and "shards:shards_per_part" in text

@@ -80,6 +80,10 @@ def test_overrides_are_checked_too(tmp_path: Path):
     (VALID.replace("seed = 5", "seed = -1"), "seed must be an integer of at least 0"),
     (VALID.replace("batch_size = 16", "batch_size = 1.5"), "batch_size must be an integer"),
     (VALID + "partitioner_options = 3\n", "partitioner_options must be a table"),
+    (VALID + "partitioner_options = {alpha = 0.5}\n",
+     "partitioner_options: partitioner 'iid' has no option alpha"),
+    (VALID.replace('"iid"', '"dirichlet"') + "partitioner_options = {alpha = -1}\n",
+     "partitioner_options: alpha must be a positive number"),
     (VALID + "validators = 1\n", "trainer.toml: Cannot overwrite a value"),
 ])
 def test_a_bad_file_is_refused_naming_the_setting(tmp_path: Path, text: str, fragment: str):

@@ -17,7 +17,7 @@ import httpx
 
 from flobc.config import ConfigError
 from flobc.ml.data import DATASETS
-from flobc.ml.partition import DEFAULT_OPTIONS as PARTITIONERS
+from flobc.ml.partition import PARTITIONERS, make_partitioner
 from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.trainer.byzantine import BEHAVIOURS
 
@@ -64,7 +64,11 @@ class TrainerConfig:
         if not 0 <= self.partition_index < self.partitions:
             raise ConfigError(f"{self._where}: partition_index must be in "
                               f"0..{self.partitions - 1}, got {self.partition_index}")
-        _check_choice(self.partitioner, "partitioner", tuple(PARTITIONERS), self._where)
+        _check_choice(self.partitioner, "partitioner", PARTITIONERS.names(), self._where)
+        try:
+            make_partitioner(self.partitioner, **self.partitioner_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self._where}: partitioner_options: {exc}") from None
         _check_choice(self.dataset, "dataset", DATASETS, self._where)
         if self.dataset_path is not None and not isinstance(self.dataset_path, str):
             raise ConfigError(f"{self._where}: dataset_path must be a file name")
