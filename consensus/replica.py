@@ -279,6 +279,10 @@ class Replica:
     def _accept_proposal(self, prop: Proposal) -> None:
         slot = self._slot(prop.pre_prepare.seq)
         slot.proposal = prop
+        if slot.seq > self.executed:
+            # A primary must not propose these again while this block is pending: a
+            # NEW-VIEW's re-proposals are in no mempool's "already proposed" set.
+            self.proposed_txs[slot.seq] = [sha256(tx) for tx in prop.block.txs]
         for r in [r for r, p in slot.prepares.items() if p.digest != slot.digest]:
             del slot.prepares[r]
         if self.index != self.primary:
@@ -405,6 +409,7 @@ class Replica:
     def _propose(self, now: int) -> None:
         while self._can_propose():
             skip = {h for hs in self.proposed_txs.values() for h in hs}
+            skip.update(sha256(tx) for block, _ in self.ready.values() for tx in block.txs)
             batch = self.mempool.batch(self.params.max_block_txs, self.params.max_block_bytes,
                                        skip)
             if not batch and not (self.filling and self._idle_fill_needed()):

@@ -1,6 +1,10 @@
 """The node's whole store: blocks with their certificates, the transaction index, the
 application state, consensus records, checkpoint certificates and blobs.
 
+A transaction has one index entry, for the block where it took effect (its first
+inclusion). A later block that includes it again (a new primary re-proposing it, say)
+is recorded under ``duplicates`` and never rewrites that entry.
+
 A block and everything it causes (meta, transaction index, state writes, Merkle nodes)
 go to disk in one synced atomic batch, so after a crash the ledger holds either the
 whole block or none of it. Heights and sequence numbers are stored as 8-byte
@@ -68,6 +72,7 @@ class Ledger:
         self._certificates = self.db.table("certificates")
         self._meta = self.db.table("meta")
         self._txs = self.db.table("txs")
+        self._duplicates = self.db.table("duplicates")
         self._records = self.db.table("records")
         self._checkpoints = self.db.table("checkpoints")
         self._blobs = self.db.table("blobs")
@@ -102,8 +107,14 @@ class Ledger:
         previous = self.meta(height - 1)
         prev_hash = ZERO_HASH if previous is None else previous.block_hash
         batch = self.db.batch()
+        seen: set[bytes] = set()
         for index, (tx_hash, result) in enumerate(zip(tx_hashes, results, strict=True)):
-            batch.put(self._txs, tx_hash, codec.pack([height, index, result]))
+            location = codec.pack([height, index, result])
+            if tx_hash in seen or tx_hash in self._txs:
+                batch.put(self._duplicates, tx_hash + key + index.to_bytes(4, "big"), location)
+            else:
+                batch.put(self._txs, tx_hash, location)
+            seen.add(tx_hash)
         for digest, data in (blobs or {}).items():
             if sha256(data) != digest:
                 raise ValueError("blob does not match its digest")
@@ -132,10 +143,18 @@ class Ledger:
         return BlockMeta(height, block_hash, prev_hash, state_root, time_ms, tx_count)
 
     def tx(self, tx_hash: bytes) -> TxLocation | None:
+        """Where the transaction took effect: its first inclusion in a committed block."""
         raw = self._txs.get(tx_hash)
         if raw is None:
             return None
         return TxLocation(*codec.unpack(raw))
+
+    def tx_duplicates(self, tx_hash: bytes) -> list[TxLocation]:
+        """Later inclusions of an already-committed transaction, in height order; each
+        was skipped at execution."""
+        if len(tx_hash) != HASH_SIZE:
+            return []
+        return [TxLocation(*codec.unpack(raw)) for _, raw in self._duplicates.items(tx_hash)]
 
     # --- consensus records, opaque to storage ---------------------------------------
 

@@ -59,6 +59,23 @@ def test_commit_block_round_trips_everything_it_stores(ledger):
     assert verify_proof(root2, b"a", b"1", ledger.state.prove(b"a"))
 
 
+def test_a_reincluded_transaction_keeps_the_lookup_of_the_block_where_it_took_effect(
+        tmp_path):
+    path = tmp_path / "ledger"
+    with Ledger(path) as ledger:
+        commit(ledger, {}, (b"tx1",))
+        commit(ledger, {}, (b"tx2", b"tx1"))
+        commit(ledger, {}, (b"tx1", b"tx3", b"tx3"))
+    with Ledger(path) as ledger:  # what a restarted node, and GET /txs, read back
+        assert ledger.tx(_hash(b"tx1")) == TxLocation(1, 0, b"ok tx1")
+        assert ledger.tx_duplicates(_hash(b"tx1")) == [TxLocation(2, 1, b"ok tx1"),
+                                                       TxLocation(3, 0, b"ok tx1")]
+        assert ledger.tx(_hash(b"tx3")) == TxLocation(3, 1, b"ok tx3")
+        assert ledger.tx_duplicates(_hash(b"tx3")) == [TxLocation(3, 2, b"ok tx3")]
+        assert ledger.tx_duplicates(_hash(b"tx2")) == []
+        assert ledger.meta(2).tx_count == 2  # type: ignore[union-attr]
+
+
 def _assert_nothing_after_first_block(ledger: Ledger, root: bytes) -> None:
     assert ledger.height == 1 and ledger.state.root == root
     assert ledger.block(2) is None and ledger.certificate(2) is None and ledger.meta(2) is None

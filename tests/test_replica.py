@@ -12,12 +12,13 @@ from flobc.consensus.messages import (
     Block,
     Commit,
     Message,
+    NewView,
     Prepare,
     PrePrepare,
     Proposal,
     ViewChange,
 )
-from flobc.consensus.replica import BATCH, RESEND, Recovery, Replica
+from flobc.consensus.replica import BATCH, IDLE, PROGRESS, RESEND, Recovery, Replica
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey, sha256
 
@@ -168,3 +169,34 @@ def test_a_quorum_commits_with_a_verifiable_certificate_and_one_crash_is_tolerat
         assert execute.block.txs == tuple(tx for _, tx in txs)
         assert VS.commit_certificate_error(execute.certificate, execute.block) is None
         assert len(replicas[i].mempool) == 0
+
+
+def test_a_new_primary_does_not_propose_again_what_its_new_view_re_proposes() -> None:
+    """Block 1 (holding tx) is prepared in view 0 but not committed when the view
+    changes; replica 1, the new primary, also holds tx in its mempool. Proposing it
+    again at height 2 made it commit twice and rewrote its lookup."""
+    tx = b"tx re-proposed by a new view"
+    prop = proposal(1, T0, (tx,))
+    prepares = {i: Prepare(0, 1, prop.pre_prepare.digest, i).signed(KEYS[i], CHAIN)
+                for i in (1, 2, 3)}
+    replicas = {i: replica(i) for i in (1, 2, 3)}
+    replicas[1].add_txs(T0, [(sha256(tx), tx)])
+    for i, r in replicas.items():
+        r.on_message(T0, prop)
+        for j, p in prepares.items():
+            if j != i:
+                r.on_message(T0, p)
+        assert 1 in r.prepared
+    view_changes = [vc for i in (2, 3) for vc in sent(replicas[i].on_timer(T0, PROGRESS),
+                                                      ViewChange)]
+    new_primary = replicas[1]
+    effects = new_primary.on_timer(T0, PROGRESS)
+    for vc in view_changes:
+        effects += new_primary.on_message(T0, vc)
+    [nv] = sent(effects, NewView)
+    assert [p.block.txs for p in nv.proposals] == [(tx,)]  # type: ignore[attr-defined]
+    assert new_primary.view == 1 and len(new_primary.mempool) == 1
+    effects += new_primary.on_timer(T0, BATCH)
+    effects += new_primary.on_timer(T0 + PARAMS.empty_block_interval_ms, IDLE)
+    again = [p for p in sent(effects, Proposal) if tx in p.block.txs]  # type: ignore
+    assert [p.block.height for p in again] == [], "tx proposed again"  # type: ignore

@@ -73,14 +73,19 @@ def create_api(node: ApiNode) -> FastAPI:
 
     @api.get("/txs/{hash_hex}")
     async def get_tx(hash_hex: str) -> dict[str, Any]:
-        """Where a committed transaction landed and what executing it returned."""
+        """Where a committed transaction took effect and what executing it returned, and
+        the later blocks that included it again (each skipping it as a duplicate)."""
         if not _HASH_HEX.fullmatch(hash_hex):
             raise HTTPException(400, "transaction hash must be 64 hex digits")
-        location = node.ledger.tx(bytes.fromhex(hash_hex))
+        tx_hash = bytes.fromhex(hash_hex)
+        location = node.ledger.tx(tx_hash)
         if location is None:
             raise HTTPException(404, "transaction not committed (unknown or still pending)")
         result = codec.unpack(location.result) if location.result else None  # str | None
-        return {"height": location.height, "index": location.index, "result": result}
+        again = [{"height": d.height, "index": d.index}
+                 for d in node.ledger.tx_duplicates(tx_hash)]
+        return {"height": location.height, "index": location.index, "result": result,
+                "included_again": again}
 
     @api.get("/status")
     async def status() -> dict[str, Any]:
