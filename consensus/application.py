@@ -13,10 +13,14 @@ from typing import Any, Protocol
 from flobc.crypto import sha256
 
 
-class StateReader(Protocol):
-    """Read access to application state."""
+class KeyReader(Protocol):
+    """Read access to single keys of application state (a dict will do)."""
 
     def get(self, key: bytes) -> bytes | None: ...
+
+
+class StateReader(KeyReader, Protocol):
+    """Read access to application state."""
 
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
 

@@ -85,7 +85,8 @@ class Availability:
 
     def answer(self, msg: FetchBlobs) -> None:
         """Send the asked-for blobs this validator holds, within a frame's budget."""
-        blobs, size = [], 0
+        blobs: list[bytes] = []
+        size = 0
         for digest in msg.digests:
             blob = self.ledger.blob(digest)
             if blob is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from flobc import codec
 from flobc.consensus.messages import (
@@ -34,6 +34,8 @@ from flobc.consensus.messages import (
     encode_message,
 )
 from flobc.crypto import PrivateKey
+
+M = TypeVar("M", bound=Message)
 
 REPLAY_MEMORY = 256
 
@@ -75,7 +77,7 @@ class Behaviour:
             self._last = (frame, msg)
         return self._last[1]
 
-    def sign(self, msg: Message) -> Message:
+    def sign(self, msg: M) -> M:
         return msg.signed(self.me.key, self.me.chain_id)
 
 
@@ -103,7 +105,7 @@ class Equivocate(Behaviour):
             return [frame]
         other = replace(block, time_ms=block.time_ms + 1, txs=block.txs[::-1])
         forged = self.sign(PrePrepare(pp.view, pp.seq, other.digest(), pp.replica))
-        return [encode_message(Proposal(forged, other))]  # type: ignore[arg-type]
+        return [encode_message(Proposal(forged, other))]
 
 
 class ConflictingVotes(Behaviour):
@@ -113,6 +115,7 @@ class ConflictingVotes(Behaviour):
 
     def outgoing(self, to: int, frame: bytes) -> list[bytes]:
         msg = self.decode(frame)
+        forged: Message
         if isinstance(msg, Prepare | Commit):
             forged = self.sign(replace(msg, digest=self.rng.randbytes(32)))
         elif isinstance(msg, Checkpoint):

@@ -54,7 +54,8 @@ SendFn = Callable[[int | None, bytes], None]
 """send(to, frame): to a replica index, or to every other replica when to is None."""
 TimerFn = Callable[[str, int], None]
 """set_timer(name, delay_ms): (re)arm a named timer; firing calls host.on_timer(name)."""
-CancelFn = Callable[[str], None]
+CancelFn = Callable[[str], object]
+"""cancel_timer(name): disarm a named timer, if armed; what it returns is not used."""
 ClockFn = Callable[[], int]
 """now_ms(): wall-clock milliseconds (block time stamps and skew checks)."""
 
@@ -257,9 +258,9 @@ class ReplicaHost:
         state = BlockState(self.ledger, overlay)
         outcome = self.app.execute_block(height, block_time, [block.txs[i] for i in fresh],
                                          state)
-        results = [DUPLICATE] * len(hashes)
+        results: list[str | None] = [DUPLICATE] * len(hashes)
         for i, reason in zip(fresh, outcome, strict=True):
-            results[i] = reason  # type: ignore[call-overload]
+            results[i] = reason
         root = self.ledger.commit_block(
             height, block.encode(), cert.encode(), cert.digest, block_time, hashes,
             [codec.pack(r) for r in results], overlay, state.new_blobs)

@@ -100,17 +100,17 @@ def ledger_violations(vs: ValidatorSet, ledgers: Mapping[int, Ledger]) -> list[s
     top = max((ledger.height for ledger in ledgers.values()), default=0)
     verified: dict[tuple[bytes, bytes], str | None] = {}
     for height in range(1, top + 1):
-        metas = {i: ledger.meta(height) for i, ledger in ledgers.items()
-                 if ledger.height >= height}
-        hashes = {m.block_hash for m in metas.values()}  # type: ignore[union-attr]
+        metas = {i: meta for i, ledger in ledgers.items()
+                 if ledger.height >= height and (meta := ledger.meta(height)) is not None}
+        hashes = {m.block_hash for m in metas.values()}
         if len(hashes) > 1:
             violations.append(f"SAFETY: honest replicas committed different blocks at height "
                               f"{height}: " + _by_replica({i: m.block_hash for i, m in
-                                                          metas.items()}))  # type: ignore
-        elif len({m.state_root for m in metas.values()}) > 1:  # type: ignore[union-attr]
+                                                          metas.items()}))
+        elif len({m.state_root for m in metas.values()}) > 1:
             violations.append(f"DETERMINISM: same block, different state roots at height "
                               f"{height}: " + _by_replica({i: m.state_root for i, m in
-                                                          metas.items()}))  # type: ignore
+                                                          metas.items()}))
         for i, ledger in ledgers.items():
             if height <= ledger.height:
                 raw, cert = ledger.block(height), ledger.certificate(height)

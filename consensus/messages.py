@@ -11,7 +11,7 @@ so a vote from one chain or one message type can never be replayed as another.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from flobc import codec
 from flobc.crypto import HASH_SIZE, SIGNATURE_SIZE, PrivateKey, sha256, verify
@@ -137,7 +137,12 @@ class Message:
         values = self.field_values()[:-1] if self.SIGNED else self.field_values()
         return codec.pack([self.TAG, chain_id, *values])
 
-    def signed(self, key: PrivateKey, chain_id: str) -> Message:
+    @classmethod
+    def from_list(cls, raw: Any) -> Self:
+        """The message whose fields are ``raw``, each validated (MessageError if not)."""
+        raise NotImplementedError
+
+    def signed(self, key: PrivateKey, chain_id: str) -> Self:
         return replace(self, signature=key.sign(self.signing_bytes(chain_id)))  # type: ignore
 
     def verify(self, public_key: bytes, chain_id: str) -> bool:
@@ -169,7 +174,7 @@ class _Vote(Message):
     signature: bytes = b""
 
     @classmethod
-    def from_list(cls, raw: Any) -> Any:
+    def from_list(cls, raw: Any) -> Self:
         v, s, d, r, sig = _fields(raw, cls.TAG, 5)
         return cls(_int(v, "view"), _int(s, "seq"), _digest(d, "digest"), _int(r, "replica"),
                    _sig(sig))
@@ -456,7 +461,7 @@ class Status(Message):
         return cls(_int(h, "height"), _int(v, "view"), ivc, _int(r, "replica"))
 
 
-MESSAGE_TYPES: dict[str, type] = {
+MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (PrePrepare, Prepare, Commit, Checkpoint, Proposal, ViewChange, NewView,
                 FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData, Status)

@@ -15,7 +15,9 @@ its proposals are exactly those computed from its VIEW-CHANGE messages.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from flobc import codec
 from flobc.config import ConsensusParams
@@ -217,9 +219,9 @@ class Replica:
             self.vc_attempts = 0
         if checkpoint or height % self.params.checkpoint_interval == 0:
             cp = Checkpoint(height, state_root, self.index).signed(self.key, self.vs.chain_id)
-            self.own_checkpoint = cp  # type: ignore[assignment]
+            self.own_checkpoint = cp
             self._send(cp)
-            self._on_checkpoint(now, cp)  # type: ignore[arg-type]
+            self._on_checkpoint(now, cp)
         self._progress_made()
         self._propose(now)
         if self.is_primary and not self.mempool and self._idle_fill_needed():
@@ -288,7 +290,7 @@ class Replica:
         if self.index != self.primary:
             prepare = Prepare(self.view, slot.seq, slot.digest, self.index).signed(  # type: ignore
                 self.key, self.vs.chain_id)
-            slot.prepares[self.index] = prepare  # type: ignore[assignment]
+            slot.prepares[self.index] = prepare
             slot.sent_prepare = True
             self._persist_slot(slot)
             self._send(prepare)
@@ -347,7 +349,7 @@ class Replica:
         self.prepared[slot.seq] = proof
         commit = Commit(self.view, slot.seq, slot.digest, self.index).signed(  # type: ignore
             self.key, self.vs.chain_id)
-        slot.commits[self.index] = commit  # type: ignore[assignment]
+        slot.commits[self.index] = commit
         slot.sent_commit = True
         self._persist_slot(slot, proof)
         self._send(commit)
@@ -419,7 +421,7 @@ class Replica:
             block = Block(seq, time_ms, self.index, tuple(tx for _, tx in batch))
             pp = PrePrepare(self.view, seq, block.digest(), self.index).signed(
                 self.key, self.vs.chain_id)
-            prop = Proposal(pp, block)  # type: ignore[arg-type]
+            prop = Proposal(pp, block)
             self.next_seq += 1
             self.proposed_txs[seq] = [h for h, _ in batch]
             slot = self._slot(seq)
@@ -481,11 +483,11 @@ class Replica:
         prepared = tuple(p for s, p in sorted(self.prepared.items()) if self._in_window(s))
         vc = ViewChange(view, self.stable_seq, checkpoint_proof, prepared, self.index).signed(
             self.key, self.vs.chain_id)
-        self.view_changes[self.index] = vc  # type: ignore[assignment]
+        self.view_changes[self.index] = vc
         self.progress_armed = False
         self.batch_armed = False
         self._out += [CancelTimer(PROGRESS), CancelTimer(BATCH), CancelTimer(IDLE)]
-        self._persist_view(vc)  # type: ignore[arg-type]
+        self._persist_view(vc)
         self._send(vc)
         self._after_view_change_vote(now, view)
 
@@ -527,11 +529,11 @@ class Replica:
         vcs = tuple(sorted(votes, key=lambda v: v.replica)[: self.vs.quorum])
         _, blocks = new_view_blocks(vcs, self.index)
         proposals = tuple(
-            Proposal(PrePrepare(view, b.height, b.digest(), self.index).signed(  # type: ignore
+            Proposal(PrePrepare(view, b.height, b.digest(), self.index).signed(
                 self.key, self.vs.chain_id), b) for b in blocks)
         nv = NewView(view, vcs, proposals, self.index).signed(self.key, self.vs.chain_id)
         self.sent_new_view = view
-        self._enter_view(now, nv)  # type: ignore[arg-type]
+        self._enter_view(now, nv)
         self._send(nv)
 
     def _on_new_view(self, now: int, nv: NewView) -> None:
@@ -734,11 +736,11 @@ class Replica:
                 if sent_prepare:
                     slot.sent_prepare = True
                     slot.prepares[self.index] = Prepare(view, slot.seq, digest, self.index).signed(
-                        self.key, self.vs.chain_id)  # type: ignore[assignment]
+                        self.key, self.vs.chain_id)
                 if sent_commit:
                     slot.sent_commit = True
                     slot.commits[self.index] = Commit(view, slot.seq, digest, self.index).signed(
-                        self.key, self.vs.chain_id)  # type: ignore[assignment]
+                        self.key, self.vs.chain_id)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -749,7 +751,7 @@ class Replica:
         out, self._out = self._out, []
         return out
 
-    _handlers = {
+    _handlers: ClassVar[dict[type[Message], Callable[[Replica, int, Any], None]]] = {
         Proposal: _on_proposal,
         Prepare: _on_prepare,
         Commit: _on_commit,

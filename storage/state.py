@@ -117,7 +117,7 @@ class AppState:
 
     def _bucket_root(self, bucket: int, changes: dict[bytes, bytes | None]) -> bytes:
         """Root of ``bucket`` once ``changes`` (index key -> leaf, None = gone) apply."""
-        leaves = dict(self._index.items(_bucket_prefix(bucket)))
+        leaves: dict[bytes, bytes | None] = dict(self._index.items(_bucket_prefix(bucket)))
         leaves.update(changes)
         return bucket_root([leaf for _, leaf in sorted(leaves.items()) if leaf is not None])
 

@@ -12,6 +12,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import IO
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def _from_arrays(x: np.ndarray, y: np.ndarray, source: str) -> Dataset:
     return Dataset(images, y.astype(np.int64))
 
 
-def _load_npz(file: object, source: str) -> Dataset:
+def _load_npz(file: str | IO[bytes], source: str) -> Dataset:
     try:
         npz = np.load(file, allow_pickle=False)
     except _READ_ERRORS as exc:
@@ -123,7 +124,7 @@ def load_dataset(name: str = "mnist_5k", path: str | None = None) -> Dataset:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if (name == "file") != (path is not None):
         raise DatasetError("a path is needed with dataset 'file', and only with it")
-    if name == "file":
+    if path is not None:
         return _load_npz(path, path)
     if name == "mnist":
         return _load_full_mnist()

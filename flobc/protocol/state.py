@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from flobc import codec
 from flobc.config import Genesis
-from flobc.consensus.application import StateReader, StateWriter
+from flobc.consensus.application import KeyReader, StateReader, StateWriter
 from flobc.consensus.light import VerificationError, verify_state
 from flobc.crypto import HASH_SIZE
 
@@ -116,7 +116,7 @@ def write_meta(state: StateWriter, meta: Meta) -> None:
         "extended": meta.extended}))
 
 
-def read_model(state: StateReader, version: int) -> ModelRecord | None:
+def read_model(state: KeyReader, version: int) -> ModelRecord | None:
     if not 0 <= version < 2**64:
         return None
     raw = state.get(model_key(version))
