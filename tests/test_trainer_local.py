@@ -77,11 +77,10 @@ def test_trainers_get_disjoint_shares_of_the_training_split_only(tmp_path: Path)
 
 
 def test_a_bad_partitioner_option_is_a_clear_error(tmp_path: Path):
-    from flobc.trainer.loop import TrainerError
+    from flobc.config import ConfigError
 
-    cfg = config(tmp_path, 0, partitioner="dirichlet", partitioner_options={"beta": 1})
-    with pytest.raises(TrainerError, match="partitioner 'dirichlet' has no option beta"):
-        local_data(cfg, split_seed=0)
+    with pytest.raises(ConfigError, match="partitioner 'dirichlet' has no option beta"):
+        config(tmp_path, 0, partitioner="dirichlet", partitioner_options={"beta": 1})
 
 
 def test_round_seeds_are_stable_and_distinct():
