@@ -15,10 +15,11 @@ from flobc.consensus.messages import (
     CommitCertificate,
 )
 from flobc.consensus.validators import ValidatorSet
+from flobc.errors import ConsensusError, InputError
 from flobc.storage.merkle import MerkleProof, verify_proof
 
 
-class VerificationError(ValueError):
+class VerificationError(ConsensusError, InputError):
     """Served data that does not verify against the genesis validator set."""
 
 

@@ -15,13 +15,14 @@ from typing import Any, ClassVar, Self
 
 from flobc import codec
 from flobc.crypto import HASH_SIZE, SIGNATURE_SIZE, PrivateKey, sha256, verify
+from flobc.errors import ConsensusError, InputError
 
 MAX_FRAME = 8 * 1024 * 1024
 MAX_INT = 2**63 - 1
 MAX_LIST = 100_000
 
 
-class MessageError(ValueError):
+class MessageError(ConsensusError, InputError):
     """A message that is malformed, oversized or of an unknown type."""
 
 

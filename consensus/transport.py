@@ -26,6 +26,7 @@ from flobc import codec
 from flobc.consensus.messages import MAX_FRAME
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey
+from flobc.errors import ConsensusError
 
 log = logging.getLogger("flobc.transport")
 
@@ -44,7 +45,7 @@ BACKOFF_CAP_S = 2.0
 _HELLO, _CHALLENGE, _AUTH, _WELCOME, _REJECT = "hello", "challenge", "auth", "welcome", "reject"
 
 
-class ProtocolError(Exception):
+class ProtocolError(ConsensusError):
     """A peer broke the framing or handshake rules; the connection is closed."""
 
 

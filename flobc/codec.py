@@ -12,10 +12,12 @@ from typing import Any
 
 import msgpack
 
+from flobc.errors import InputError
+
 MAX_DEPTH = 32
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
     """Raised when bytes are not a valid canonical-codec value."""
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from flobc.crypto import PrivateKey
+from flobc.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file that is missing, malformed or inconsistent."""
 
 

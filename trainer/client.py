@@ -25,6 +25,7 @@ import httpx
 
 from flobc import codec
 from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
+from flobc.errors import TrainerError
 
 log = logging.getLogger("flobc.trainer.client")
 
@@ -35,7 +36,7 @@ REQUEST_SLACK_BYTES = 64 * 1024
 """What an update's body may add to its blob (the contract's bound: blob + 64 KiB)."""
 
 
-class ClientError(Exception):
+class ClientError(TrainerError):
     """Base of what talking to validators can raise."""
 
 
@@ -57,7 +58,7 @@ class Stopped(ClientError):
     """The trainer is stopping; raised instead of waiting out a back-off."""
 
 
-class BadAnswer(Exception):
+class BadAnswer(TrainerError):
     """A validator's answer that is too large, malformed or not what was asked for."""
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from flobc.config import ConfigError, Genesis, load_key
 from flobc.consensus.light import VerificationError
 from flobc.crypto import sha256
+from flobc.errors import TrainerError
 from flobc.ml.data import Dataset, DatasetError, load_dataset, split
 from flobc.ml.learner import Learner
 from flobc.ml.models import ModelError
@@ -60,10 +61,6 @@ ROUND_WAIT_MS = 4000
 """How long a validator may hold a status request that waits for the next round."""
 REGISTER_RESEND_S = 30.0
 """A register not on chain by then is sent again (a crashed validator may have lost it)."""
-
-
-class TrainerError(Exception):
-    """A problem the trainer cannot get past by waiting: it stops and says why."""
 
 
 class Outcome(Enum):

@@ -25,6 +25,7 @@ from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey
+from flobc.errors import ValidatorError
 from flobc.storage.ledger import Ledger
 from flobc.validator.api import create_api
 from flobc.validator.apps import load_application
@@ -38,7 +39,7 @@ API_MAX_CONNECTIONS = 256
 API_SHUTDOWN_GRACE_S = 5
 
 
-class NodeFailure(RuntimeError):
+class NodeFailure(ValidatorError, RuntimeError):
     """Consensus raised while handling an event; the node stopped to stay safe."""
 
 

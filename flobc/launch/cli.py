@@ -20,7 +20,6 @@ import httpx
 
 from flobc import __version__
 from flobc.config import (
-    ConfigError,
     ConsensusParams,
     Genesis,
     load_key,
@@ -29,7 +28,7 @@ from flobc.config import (
 from flobc.consensus.light import VerificationError, verify_block, verify_state
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import PrivateKey
-from flobc.errors import LaunchError
+from flobc.errors import FlobcError, LaunchError
 from flobc.launch.testnet import (
     DEFAULT_BASE_PORT,
     FLGenesis,
@@ -645,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         # worth a message, but Python must not complain again when flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (LaunchError, ConfigError, VerificationError) as exc:
+    except FlobcError as exc:
         print(f"flobc: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -16,13 +16,15 @@ from typing import IO
 
 import numpy as np
 
+from flobc.errors import InputError
+
 IMAGE_SHAPE = (28, 28, 1)
 N_CLASSES = 10
 DATASETS = ("mnist_5k", "mnist", "file")
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Raised when a dataset cannot be loaded as asked or is malformed."""
 
 

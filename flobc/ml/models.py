@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flobc.errors import InputError
+
 if TYPE_CHECKING:
     import keras
 
@@ -41,7 +43,7 @@ BUILDER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCI
 """``package.module:function``, the form of a model name outside the zoo."""
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model name that names nothing buildable, or a builder that breaks the rules."""
 
 

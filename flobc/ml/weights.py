@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 
 from flobc import codec
+from flobc.errors import InputError
 
 ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
 DEFAULT_MAX_TENSORS = 1024
@@ -27,7 +28,7 @@ MAX_NDIM = 8
 Spec = list[tuple[str, tuple[int, ...]]]
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """Raised when weights cannot be encoded or bytes are not acceptable weights."""
 
 

@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from flobc import codec
+from flobc.errors import ValidatorError
 
 log = logging.getLogger("flobc.evaluator")
 
@@ -39,7 +40,7 @@ MAX_REPLY_BYTES = 64 * 1024
 SETTINGS_BYTES = 64 * 1024
 
 
-class EvaluatorError(RuntimeError):
+class EvaluatorError(ValidatorError, RuntimeError):
     """An evaluation that could not be done (the worker failed or refused the input)."""
 
 

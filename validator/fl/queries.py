@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flobc.consensus.application import CommittedState
+from flobc.errors import InputError, ValidatorError
 from flobc.protocol.reputation import shares_micro
 from flobc.protocol.state import (
     ACCEPTED,
@@ -29,7 +30,7 @@ MAX_ROUNDS = 1000
 DEFAULT_ROUNDS = 20
 
 
-class QueryError(ValueError):
+class QueryError(ValidatorError, InputError):
     """A query or parameter that is not understood."""
 
 
