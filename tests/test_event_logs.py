@@ -239,8 +239,12 @@ JSON_VALIDATORS = [i for i in range(VALIDATORS) if i != TEXT_VALIDATOR]
 
 @pytest.mark.parametrize("index", JSON_VALIDATORS)
 def test_a_learning_validator_writes_only_json_lines(learning: Learning, index: int) -> None:
-    lines = json_lines(learning.cluster, index)
-    assert any(re.match(r"evaluator worker \d+ ready", e["message"]) for e in lines)
+    # The round may have been decided by the other validators' votes before this one's
+    # evaluator worker came up: wait for it, every line read so far being JSON.
+    learning.cluster.wait_until(
+        lambda: any(re.match(r"evaluator worker \d+ ready", e["message"])
+                    for e in json_lines(learning.cluster, index)),
+        f"validator {index}'s evaluator worker to be ready", ROUND_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("index", JSON_VALIDATORS)

@@ -206,6 +206,8 @@ def run_cluster(options: ClusterOptions) -> int:
         print(HEADER, flush=True)
         while options.rounds is None or len(rows) < options.rounds:
             for row in monitor.new_rows():
+                if options.rounds is not None and len(rows) == options.rounds:
+                    break  # two versions committed between polls: stop at the last asked for
                 rows.append(row)
                 print(format_row(row), flush=True)
                 if options.history:
