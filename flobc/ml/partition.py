@@ -43,6 +43,14 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be a positive number, got {alpha}")
 
 
+def _dirichlet_cut(members: np.ndarray, n_parts: int, alpha: float,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """``members`` cut in order into ``n_parts`` runs whose sizes follow proportions
+    drawn from Dirichlet(alpha)."""
+    counts = rng.multinomial(len(members), rng.dirichlet(np.full(n_parts, alpha)))
+    return np.split(members, np.cumsum(counts)[:-1])
+
+
 def _fill_empty(parts: list[list[int]]) -> list[np.ndarray]:
     """Parts sorted as arrays, an empty one first taking a sample from the largest."""
     for part in parts:
@@ -101,9 +109,7 @@ class Dirichlet(Partitioner):
         parts: list[list[int]] = [[] for _ in range(n_parts)]
         for label in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == label))
-            counts = rng.multinomial(len(members),
-                                     rng.dirichlet(np.full(n_parts, self.alpha)))
-            for part, chunk in zip(parts, np.split(members, np.cumsum(counts)[:-1]),
+            for part, chunk in zip(parts, _dirichlet_cut(members, n_parts, self.alpha, rng),
                                    strict=True):
                 part.extend(chunk.tolist())
         return _fill_empty(parts)
@@ -156,10 +162,9 @@ class Quantity(Partitioner):
         n_samples = len(labels)
         _check_parts(n_samples, n_parts)
         rng = np.random.default_rng(seed)
-        counts = rng.multinomial(n_samples, rng.dirichlet(np.full(n_parts, self.alpha)))
         order = rng.permutation(n_samples)
         return _fill_empty([chunk.tolist()
-                            for chunk in np.split(order, np.cumsum(counts)[:-1])])
+                            for chunk in _dirichlet_cut(order, n_parts, self.alpha, rng)])
 
 
 def _partitioner_class(name: str) -> type[Partitioner]:
