@@ -150,6 +150,10 @@ class BadSignatures(Behaviour):
             (r, sig), *rest = first.certificate.signatures
             cert = replace(first.certificate, signatures=((r, self._flip(sig)), *rest))
             bad = replace(msg, blocks=(replace(first, certificate=cert), *msg.blocks[1:]))
+            if msg.stable:
+                (r, sig), *rest = msg.stable[0].signatures
+                bad = replace(bad, stable=(replace(msg.stable[0],
+                                                   signatures=((r, self._flip(sig)), *rest)),))
         else:
             return [frame]
         return [encode_message(bad)]

@@ -105,6 +105,9 @@ class ReplicaHost:
         checkpoint = CheckpointCertificate.decode(latest[1]) if latest else None
         recovery = Recovery(height=height, last_block_time=meta.time_ms if meta else 0,
                             checkpoint=checkpoint, records=dict(self.ledger.records()))
+        if latest is not None and latest[0] == height:
+            self._snapshots[height] = self.ledger.state.snapshot()  # provable again at once
+            self._use_snapshot()
         self._run(self.replica.start(self.now_ms(), recovery))
         log.info("validator %d started at height %d, view %d", self.index, height,
                  self.replica.view)
@@ -183,8 +186,15 @@ class ReplicaHost:
 
     def status(self) -> dict[str, Any]:
         """height, view, primary, state_root (hex), last_commit_time_ms, mempool_size,
-        stable_checkpoint, in_view_change."""
+        stable_checkpoint, in_view_change.
+
+        ``stable_checkpoint`` is the one state proofs are served against (0: none yet), so
+        a status that names one promises ``/state/proof`` answers; the replica's own,
+        which may be newer while the block it certifies is still to execute here, is
+        ``consensus_checkpoint``."""
         st = self.replica.status()
+        st["consensus_checkpoint"] = st["stable_checkpoint"]
+        st["stable_checkpoint"] = self._proof[0] if self._proof is not None else 0
         height = self.ledger.height
         meta = self.ledger.meta(height) if height else None
         st["state_root"] = self.ledger.state.root.hex()
@@ -283,13 +293,14 @@ class ReplicaHost:
     def _use_snapshot(self) -> None:
         """Serve proofs from the newest snapshot whose checkpoint is stable."""
         latest = self.ledger.latest_checkpoint()
-        if latest is None or latest[0] not in self._snapshots:
+        if latest is None:
             return
         seq, cert = latest
-        if self._proof is not None and self._proof[0] != seq:
-            self._proof[2].release()
-        self._proof = (seq, cert, self._snapshots.pop(seq))
-        for old in [s for s in self._snapshots if s < seq]:
+        if seq in self._snapshots:
+            if self._proof is not None and self._proof[0] != seq:
+                self._proof[2].release()
+            self._proof = (seq, cert, self._snapshots.pop(seq))
+        for old in [s for s in self._snapshots if s < seq]:  # older than what is stable
             self._snapshots.pop(old).release()
 
     # --- transactions and state transfer ------------------------------------------------
@@ -348,5 +359,6 @@ class ReplicaHost:
             if blocks and size > MAX_FETCH_BYTES:
                 break
             blocks.append(CertifiedBlock(Block.decode(raw), CommitCertificate.decode(cert)))
-        reply: Message = Blocks(tuple(blocks), top, self.index)
+        stable = self.replica.stable_cert
+        reply: Message = Blocks(tuple(blocks), top, (stable,) if stable else (), self.index)
         self._send(msg.replica, encode_message(reply))

@@ -373,20 +373,26 @@ class CertifiedBlock:
 class Blocks(Message):
     """Committed blocks with their certificates, answering :class:`FetchBlocks`.
 
-    ``top`` is the sender's committed height, so the receiver knows whether to ask again.
+    ``top`` is the sender's committed height, so the receiver knows whether to ask again;
+    ``stable`` holds the sender's latest stable checkpoint certificate (none before its
+    first), so a replica catching up moves its own stable checkpoint and watermarks with
+    the blocks instead of staying out of the current window.
     """
 
     TAG = "blocks"
     SIGNED = False
     blocks: tuple[CertifiedBlock, ...]
     top: int
+    stable: tuple[CheckpointCertificate, ...]
     replica: int
 
     @classmethod
     def from_list(cls, raw: Any) -> Blocks:
-        bs, top, r = _fields(raw, cls.TAG, 3)
+        bs, top, stable, r = _fields(raw, cls.TAG, 4)
         return cls(tuple(CertifiedBlock.from_list(b) for b in _list(bs, "blocks", 10_000)),
-                   _int(top, "top"), _int(r, "replica"))
+                   _int(top, "top"),
+                   tuple(CheckpointCertificate.from_list(c) for c in _list(stable, "stable", 1)),
+                   _int(r, "replica"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ its proposals are exactly those computed from its VIEW-CHANGE messages.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -118,6 +118,9 @@ class Replica:
         self.stable_seq = 0
         self.stable_cert: CheckpointCertificate | None = None
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self.far_checkpoints: dict[int, Checkpoint] = {}
+        """Per replica, its highest CHECKPOINT beyond the two windows that ``checkpoints``
+        keeps: 2f+1 agreeing ones are a certificate, however far this replica lags."""
         self.own_checkpoint: Checkpoint | None = None
         self.executed = 0
         self.dispatched = 0
@@ -126,6 +129,8 @@ class Replica:
         self.ready: dict[int, tuple[Block, CommitCertificate]] = {}
         self.proposed_txs: dict[int, list[bytes]] = {}
         self.hints: dict[int, int] = {}
+        self.heard: set[int] = set()
+        """Replicas whose STATUS arrived since the progress timer was last armed."""
         self.fetching: int | None = None
         self.fetch_age = 0
         self.future: deque[Message] = deque()
@@ -189,7 +194,10 @@ class Replica:
     def on_timer(self, now: int, name: str) -> list[Effect]:
         if name == PROGRESS:
             self.progress_armed = False
-            self._start_view_change(now, self.target_view + 1)
+            if not self.in_view_change and self._stall_is_ours():
+                self._arm_progress()
+            else:
+                self._start_view_change(now, self.target_view + 1)
         elif name == BATCH:
             self.batch_armed = False
             self._propose(now)
@@ -442,13 +450,27 @@ class Replica:
         if cp.replica != self.index:
             self._hint(cp.replica, cp.seq)
         if cp.seq > self.stable_seq + 2 * self.params.window:
+            known = self.far_checkpoints.get(cp.replica)
+            if known is None or known.seq < cp.seq:
+                self.far_checkpoints[cp.replica] = cp
+                self._stable_if_quorum(cp, self.far_checkpoints.values())
             return
         votes = self.checkpoints.setdefault(cp.seq, votes)
         votes[cp.replica] = cp
-        agreeing = [c for c in votes.values() if c.state_root == cp.state_root]
+        self._stable_if_quorum(cp, votes.values())
+
+    def _stable_if_quorum(self, cp: Checkpoint, votes: Iterable[Checkpoint]) -> None:
+        """Make ``cp``'s checkpoint stable if 2f+1 of ``votes`` (verified, one per replica)
+        agree with it."""
+        agreeing = [c for c in votes if (c.seq, c.state_root) == (cp.seq, cp.state_root)]
         if len(agreeing) >= self.vs.quorum:
             sigs = tuple(sorted((c.replica, c.signature) for c in agreeing))
             self._make_stable(CheckpointCertificate(cp.seq, cp.state_root, sigs))
+
+    def _adopt_stable(self, cert: CheckpointCertificate) -> None:
+        """A stable checkpoint certificate from a peer: proof enough to move to it."""
+        if cert.seq > self.stable_seq and self.vs.checkpoint_certificate_error(cert) is None:
+            self._make_stable(cert)
 
     def _make_stable(self, cert: CheckpointCertificate) -> None:
         seq = cert.seq
@@ -461,6 +483,12 @@ class Replica:
         self.slots = {s: v for s, v in self.slots.items() if s > seq}
         self.prepared = {s: v for s, v in self.prepared.items() if s > seq}
         self.checkpoints = {s: v for s, v in self.checkpoints.items() if s > seq}
+        near = [c for c in self.far_checkpoints.values()
+                if c.seq <= seq + 2 * self.params.window]
+        for cp in near:
+            del self.far_checkpoints[cp.replica]
+            if cp.seq > seq:
+                self.checkpoints.setdefault(cp.seq, {})[cp.replica] = cp
         self.next_seq = max(self.next_seq, seq + 1)
         if deletes:
             self._out.append(Persist(deletes=tuple(deletes)))
@@ -615,6 +643,8 @@ class Replica:
     def _on_blocks(self, now: int, msg: Blocks) -> None:
         if msg.replica == self.fetching:
             self.fetching = None
+        for cert in msg.stable:
+            self._adopt_stable(cert)
         for cb in msg.blocks:
             height = cb.block.height
             if height <= self.dispatched or height in self.ready:
@@ -630,6 +660,7 @@ class Replica:
         self._fetch()
 
     def _on_status(self, now: int, st: Status) -> None:
+        self.heard.add(st.replica)
         self._hint(st.replica, st.height)
         if (st.view < self.view and self.new_view is not None and self.is_primary):
             self._send(self.new_view, to=st.replica)
@@ -670,17 +701,29 @@ class Replica:
         return bool(self.mempool) or any(
             s.proposal is not None and seq > self.executed for seq, s in self.slots.items())
 
+    def _stall_is_ours(self) -> bool:
+        """True when the requests pending here do not show that the primary stalls: f+1
+        replicas (so at least one correct) are ahead of this one, which is catching up
+        (it was away, or restarted); or fewer than f+1 peers were heard from since the
+        timer was armed, so a view change would be this replica's alone."""
+        ahead = sum(height > self.executed for height in self.hints.values())
+        heard = len(self.heard - {self.index})
+        return ahead >= self.vs.weak_quorum or heard < self.vs.weak_quorum
+
+    def _set_progress_timer(self) -> None:
+        self.progress_armed = True
+        self.heard = set()
+        self._out.append(SetTimer(PROGRESS, self.params.view_change_timeout_ms))
+
     def _arm_progress(self) -> None:
         if not self.in_view_change and not self.progress_armed and self._pending():
-            self.progress_armed = True
-            self._out.append(SetTimer(PROGRESS, self.params.view_change_timeout_ms))
+            self._set_progress_timer()
 
     def _progress_made(self) -> None:
         if self.in_view_change:
             return
         if self._pending():
-            self.progress_armed = True
-            self._out.append(SetTimer(PROGRESS, self.params.view_change_timeout_ms))
+            self._set_progress_timer()
         elif self.progress_armed:
             self.progress_armed = False
             self._out.append(CancelTimer(PROGRESS))

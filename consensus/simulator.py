@@ -358,6 +358,11 @@ class Simulation:
         self._new_views: set[int] = set()
         self.transferred = [0] * self.n
         """Blocks each replica got by state transfer."""
+        self.rejoins: list[tuple[int, int | None]] = []
+        """Per restart, in order: (replica, blocks the others committed from its restart
+        until it could prove state at a stable checkpoint as recent as each other running
+        honest replica's), None while (or if never) it got there."""
+        self._rejoining: dict[int, tuple[int, int]] = {}
         self._keep = root is not None
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.root = root if root is not None else tempfile.mkdtemp(prefix="flobc-sim-",
@@ -449,11 +454,28 @@ class Simulation:
         node.incarnation += 1
         node.epoch += crash.lose_in_flight
         node.crashes.append(self.now)
+        self._rejoining.pop(node.index, None)
         self._say(f"r{node.index} crashed" + (" for good" if crash.restart_ms is None else ""))
 
     def _restart(self, node: Node) -> None:
         self._start(node)
         self._say(f"r{node.index} restarted at height {node.ledger.height}")  # type: ignore
+        if node.index in self.honest:
+            self._rejoining[node.index] = (self._top(), len(self.rejoins))
+            self.rejoins.append((node.index, None))
+
+    def _top(self) -> int:
+        return max((n.ledger.height for n in self.nodes if n.ledger is not None), default=0)
+
+    def _check_rejoin(self, node: Node) -> None:
+        """Has restarted ``node`` caught up with the others' stable checkpoints, as proofs
+        it serves show?"""
+        others = [n.host.replica.stable_seq for n in self.nodes
+                  if n.host is not None and n.index in self.honest and n is not node]
+        proof = node.host.proof_snapshot()  # type: ignore[union-attr]
+        if (proof[0] if proof else 0) >= min(others, default=0):
+            since, slot = self._rejoining.pop(node.index)
+            self.rejoins[slot] = (node.index, self._top() - since)
 
     def _set_timer(self, node: Node, name: str, delay_ms: int) -> None:
         self._counter += 1
@@ -525,6 +547,8 @@ class Simulation:
         ledger = dest.ledger
         before = ledger.height  # type: ignore[union-attr]
         self._guard(dest, dest.host.on_frame, source.index, frame)
+        if dest.index in self._rejoining and dest.host is not None:
+            self._check_rejoin(dest)
         if dest.index in self.honest and dest.host is not None:
             after = ledger.height  # type: ignore[union-attr]
             if after > before and isinstance(decode_message(frame), Blocks):

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import pytest
 
 from flobc.config import ConsensusParams
-from flobc.consensus.effects import Effect, Execute, Persist, Send
+from flobc.consensus.effects import Effect, Execute, Persist, Send, StableCheckpoint
 from flobc.consensus.messages import (
     Block,
+    Blocks,
+    Checkpoint,
+    CheckpointCertificate,
     Commit,
+    FetchBlocks,
     Message,
     NewView,
     Prepare,
     PrePrepare,
     Proposal,
+    Status,
     ViewChange,
 )
 from flobc.consensus.replica import BATCH, IDLE, PROGRESS, RESEND, Recovery, Replica
@@ -48,6 +54,11 @@ def sent(effects: list[Effect], kind: type) -> list[Message]:
 
 def persisted(effects: list[Effect]) -> dict[bytes, bytes]:
     return {k: v for e in effects if isinstance(e, Persist) for k, v in e.puts}
+
+
+def hear_from(r: Replica, peers: tuple[int, ...], height: int = 0) -> list[Effect]:
+    """Deliver each peer's heartbeat, as the periodic resend does."""
+    return [e for p in peers for e in r.on_message(T0, Status(height, r.view, False, p))]
 
 
 def test_backup_persists_its_prepare_before_sending_it() -> None:
@@ -187,6 +198,8 @@ def test_a_new_primary_does_not_propose_again_what_its_new_view_re_proposes() ->
             if j != i:
                 r.on_message(T0, p)
         assert 1 in r.prepared
+    for i, r in replicas.items():
+        hear_from(r, tuple(j for j in range(4) if j != i))
     view_changes = [vc for i in (2, 3) for vc in sent(replicas[i].on_timer(T0, PROGRESS),
                                                       ViewChange)]
     new_primary = replicas[1]
@@ -200,3 +213,60 @@ def test_a_new_primary_does_not_propose_again_what_its_new_view_re_proposes() ->
     effects += new_primary.on_timer(T0 + PARAMS.empty_block_interval_ms, IDLE)
     again = [p for p in sent(effects, Proposal) if tx in p.block.txs]  # type: ignore
     assert [p.block.height for p in again] == [], "tx proposed again"  # type: ignore
+
+
+def test_a_replica_behind_or_cut_off_does_not_start_a_view_change_on_its_own() -> None:
+    """Pending requests show a stalling primary only to a replica that is up to date and
+    hears from f+1 peers; otherwise a view change would be its alone."""
+    r = replica(1)
+    r.add_txs(T0, [(sha256(b"tx"), b"tx")])
+    assert sent(r.on_timer(T0, PROGRESS), ViewChange) == [], "it heard from no peer"
+    hear_from(r, (2, 3), height=5)
+    assert sent(r.on_timer(T0, PROGRESS), ViewChange) == [], "f+1 peers are ahead of it"
+    assert r.status()["view_changes"] == 0
+
+    up_to_date = replica(1)
+    up_to_date.add_txs(T0, [(sha256(b"tx"), b"tx")])
+    hear_from(up_to_date, (2, 3))
+    [vc] = sent(up_to_date.on_timer(T0, PROGRESS), ViewChange)
+    assert vc.view == 1  # type: ignore[attr-defined]
+
+
+FAR = 3 * PARAMS.window
+"""A checkpoint beyond the two windows of votes a replica at stable checkpoint 0 keeps."""
+
+
+def checkpoint(seq: int, root: bytes, signer: int) -> Checkpoint:
+    return Checkpoint(seq, root, signer).signed(KEYS[signer], CHAIN)  # type: ignore[return-value]
+
+
+def test_checkpoint_votes_beyond_the_windows_make_a_lagging_replica_stable() -> None:
+    r = replica(1)
+    root = sha256(b"the state at FAR")
+    r.on_message(T0, checkpoint(FAR, root, 0))
+    r.on_message(T0, checkpoint(FAR, sha256(b"another root"), 2))
+    r.on_message(T0, replace(checkpoint(FAR, root, 3), signature=b"\x01" * 64))
+    assert r.stable_seq == 0, "one vote, a disagreeing one and a forged one are no proof"
+    later = FAR + PARAMS.checkpoint_interval
+    r.on_message(T0, checkpoint(later, root, 0))
+    r.on_message(T0, checkpoint(later, root, 2))
+    effects = r.on_message(T0, checkpoint(later, root, 3))
+    assert r.stable_seq == later
+    [stable] = [e for e in effects if isinstance(e, StableCheckpoint)]
+    cert = CheckpointCertificate.decode(stable.certificate_bytes)
+    assert (cert.seq, cert.state_root) == (later, root)
+    assert VS.checkpoint_certificate_error(cert) is None
+
+
+def test_state_transfer_carries_the_stable_checkpoint_certificate() -> None:
+    root = sha256(b"the state at FAR")
+    cert = CheckpointCertificate(FAR, root, tuple(
+        (i, checkpoint(FAR, root, i).signature) for i in (0, 2, 3)))
+    forged = replace(cert, signatures=((0, b"\x01" * 64), *cert.signatures[1:]))
+    r = replica(1)
+    r.on_message(T0, Blocks((), FAR, (forged,), 2))
+    assert r.stable_seq == 0
+    effects = r.on_message(T0, Blocks((), FAR, (cert,), 2))
+    assert r.stable_seq == FAR and r.stable_cert == cert
+    assert [e for e in effects if isinstance(e, StableCheckpoint)]
+    assert [m.first for m in sent(effects, FetchBlocks)] == [1]  # type: ignore[attr-defined]

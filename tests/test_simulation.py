@@ -186,6 +186,25 @@ def test_view_change_completes_when_restarts_lost_the_votes_for_it() -> None:
     assert report.stats.view >= 2
 
 
+def test_a_backup_restarted_under_load_rejoins_so_a_second_backup_kill_costs_no_view_change(
+        ) -> None:
+    """r2 is down while the others commit past its stable checkpoint by more than the
+    two windows of checkpoint votes it keeps; r3 then dies for good. r2 must be back in
+    the current view, with the others' stable checkpoint and proofs served against it,
+    for r0, r1 and r2 to keep committing with no view change."""
+    schedule = Schedule(seed=41, n=4, heal_ms=3000, delay_ms=(1, 10), txs=150, crashes=(
+        Crash(2, 200, 1500), Crash(3, 2200, None)))
+    sim = Simulation(schedule)
+    report = sim.run()
+    assert report.ok, explain(report)
+    assert sim.transferred[2] > 2 * PARAMS.window, "r2 should have fallen two windows behind"
+    [(replica, blocks)] = sim.rejoins
+    assert replica == 2 and blocks is not None, "r2 never caught up its stable checkpoint"
+    assert blocks <= PARAMS.checkpoint_interval, blocks
+    assert report.stats.new_views == 0 and report.stats.view == 0
+    assert report.stats.txs_committed == len(sim.required)
+
+
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 def test_byzantine_primary_behaviour(behaviour: str) -> None:
     schedule = Schedule(seed=2, n=4, heal_ms=800, loss=0.05, byzantine=((0, behaviour),),
