@@ -5,8 +5,11 @@ sends; what it receives arrives on the connections its peers dialled. Frames are
 4-byte big-endian length followed by that many bytes. A connection starts with a
 mutual handshake over fresh nonces, each side signing with its validator key, so that
 nobody can speak as a validator index whose key it does not hold, and no recorded
-handshake can be replayed. Consensus tolerates message loss, so a full outgoing queue
-drops its oldest frame rather than block the caller or grow without bound.
+handshake can be replayed. Pending handshakes are bounded per source address, with a
+share kept for the validators' own addresses, so that strangers holding handshakes
+open cannot keep a validator from connecting. Consensus tolerates message loss, so a
+full outgoing queue drops its oldest frame rather than block the caller or grow without
+bound.
 
 Everything here runs on one event loop; ``on_frame`` is called on that loop's thread.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,6 +27,7 @@ from contextlib import suppress
 from typing import Any
 
 from flobc import codec
+from flobc.admission import Admission, Refused, host_of
 from flobc.consensus.messages import MAX_FRAME
 from flobc.consensus.validators import ValidatorSet
 from flobc.crypto import PrivateKey
@@ -39,6 +44,9 @@ NONCE_SIZE = 32
 HANDSHAKE_MAX_FRAME = 512
 HANDSHAKE_TIMEOUT_S = 5.0
 MAX_PENDING_HANDSHAKES = 64
+MAX_PENDING_PER_ADDRESS = 8
+RESERVED_HANDSHAKES = 16
+RESOLVE_TIMEOUT_S = 2.0
 BACKOFF_START_S = 0.05
 BACKOFF_CAP_S = 2.0
 
@@ -150,6 +158,7 @@ class _PeerLink:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                     reader, writer = await asyncio.open_connection(*self.address)
                     await self._handshake(reader, writer)
+                self.owner.learn_validator_address(writer.get_extra_info("peername"))
                 self.connected = True
                 backoff, reported = BACKOFF_START_S, False
                 log.info("connected to validator %d at %s:%d", self.peer, *self.address)
@@ -225,7 +234,10 @@ class Transport:
     def __init__(self, *, validators: ValidatorSet, index: int, key: PrivateKey,
                  listen: tuple[str, int], peers: Mapping[int, tuple[str, int]],
                  on_frame: FrameHandler, max_frame: int = MAX_FRAME,
-                 queue_frames: int = 4096, queue_bytes: int = 64 * 1024 * 1024) -> None:
+                 queue_frames: int = 4096, queue_bytes: int = 64 * 1024 * 1024,
+                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+                 max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
+                 reserved_handshakes: int = RESERVED_HANDSHAKES) -> None:
         if not 0 <= index < validators.n:
             raise ValueError(f"index {index} is not a validator (n = {validators.n})")
         if key.public_key != validators.public_keys[index]:
@@ -245,7 +257,9 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._inbound: dict[int, asyncio.StreamWriter] = {}
         self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self._handshaking = 0
+        self._pending = Admission(max_pending_handshakes, max_pending_per_address,
+                                  reserved_handshakes)
+        """Pending inbound handshakes; the peers' addresses are known (reserved share)."""
         self.closed = False
 
     @property
@@ -257,10 +271,29 @@ class Transport:
 
     async def start(self) -> None:
         """Listen for peers and start dialling them."""
+        await self._resolve_peers()
         self._server = await asyncio.start_server(self._on_connection, *self.listen)
         for link in self._links.values():
             link.task = asyncio.create_task(link.run(), name=f"link-{link.peer}")
         log.info("validator %d listening for peers on %s:%d", self.index, *self.address)
+
+    async def _resolve_peers(self) -> None:
+        """Count the peers' hosts as validator addresses; a name that does not resolve
+        yet is learnt when its link connects."""
+        loop = asyncio.get_running_loop()
+        for host in sorted({link.address[0] for link in self._links.values()}):
+            try:
+                async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                    infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError) as exc:
+                log.info("cannot resolve peer host %r yet (%s)", host, _describe(exc))
+                continue
+            for info in infos:
+                self._pending.learn(str(info[4][0]))
+
+    def learn_validator_address(self, peername: object) -> None:
+        """Give the address an authenticated peer spoke from the reserved share."""
+        self._pending.learn(host_of(peername))
 
     def send(self, to: int | None, frame: bytes) -> None:
         """Queue ``frame`` for peer ``to`` (every peer when None); never blocks."""
@@ -315,10 +348,11 @@ class Transport:
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
         origin = writer.get_extra_info("peername")
-        if self._handshaking >= MAX_PENDING_HANDSHAKES:
-            log.warning("refused connection from %s: too many pending handshakes", origin)
+        try:
+            slot = self._pending.admit(host_of(origin))
+        except Refused as exc:
+            log.debug("refused connection from %s: %s", origin, exc)
             return
-        self._handshaking += 1
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 sender = await self._accept(reader, writer)
@@ -327,7 +361,8 @@ class Transport:
                 log.warning("refused connection from %s: %s", origin, _describe(exc))
             return
         finally:
-            self._handshaking -= 1
+            slot.release()
+        self.learn_validator_address(origin)
         previous = self._inbound.pop(sender, None)
         if previous is not None:
             previous.close()

@@ -122,11 +122,44 @@ class NodeConfig:
     mempool_max_txs: int = 10_000
     dataset_file: str | None = None
     """This node's copy of the dataset, when genesis names ``dataset = "file"``."""
+    api_max_connections: int = 256
+    api_max_connections_per_address: int = 32
+    """Connections one unknown client address may hold open to the API."""
+    api_reserved_connections: int = 64
+    """API connections kept for known addresses: the peers' hosts and api_known_addresses."""
+    api_header_timeout_ms: int = 10_000
+    """A connection whose request headers are not complete this long after it opened
+    (or after its previous response) is closed."""
+    api_body_timeout_ms: int = 60_000
+    """A request whose body is not complete this long after its headers is closed."""
+    api_known_addresses: tuple[str, ...] = ()
+    """Client addresses or host names (trainers, say) that may use the reserved share."""
+    peer_max_pending_handshakes: int = 64
+    peer_max_pending_per_address: int = 8
+    peer_reserved_handshakes: int = 16
+    """Pending peer handshakes kept for the validators' own addresses."""
 
     def __post_init__(self) -> None:
+        where = self.home / "config.toml"
         if self.dataset_file is not None and not (isinstance(self.dataset_file, str)
                                                   and self.dataset_file):
-            raise ConfigError(f"{self.home / 'config.toml'}: dataset_file must be a file name")
+            raise ConfigError(f"{where}: dataset_file must be a file name")
+        _check_pool(where, "api_max_connections", self.api_max_connections,
+                    "api_max_connections_per_address", self.api_max_connections_per_address,
+                    "api_reserved_connections", self.api_reserved_connections)
+        _check_pool(where, "peer_max_pending_handshakes", self.peer_max_pending_handshakes,
+                    "peer_max_pending_per_address", self.peer_max_pending_per_address,
+                    "peer_reserved_handshakes", self.peer_reserved_handshakes)
+        for name in ("api_header_timeout_ms", "api_body_timeout_ms"):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= 3_600_000:
+                raise ConfigError(f"{where}: {name} must be an integer in 1..3600000, "
+                                  f"not {value!r}")
+        known = self.api_known_addresses
+        if not isinstance(known, tuple) or not all(isinstance(a, str) and a and len(a) <= 253
+                                                   for a in known):
+            raise ConfigError(f"{where}: api_known_addresses must be a list of addresses "
+                              f"or host names")
 
     @property
     def genesis_path(self) -> Path:
@@ -151,6 +184,7 @@ class NodeConfig:
                  f'log_format = "{self.log_format}"',
                  f"max_request_bytes = {self.max_request_bytes}",
                  f"mempool_max_txs = {self.mempool_max_txs}"]
+        lines += [f"{name} = {_toml_value(getattr(self, name))}" for name in LIMIT_SETTINGS]
         if self.dataset_file is not None:
             lines.append(f"dataset_file = {json.dumps(self.dataset_file)}")
         for p in self.peers:
@@ -165,12 +199,37 @@ class NodeConfig:
         try:
             peers = tuple(Peer(int(p["index"]), str(p["peer_address"]), str(p["api_address"]))
                           for p in data.pop("peers", []))
+            if isinstance(data.get("api_known_addresses"), list):
+                data["api_known_addresses"] = tuple(data["api_known_addresses"])
             return cls(home=home, peers=peers, **data)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{home / 'config.toml'}: {exc}") from exc
 
     def save(self) -> None:
         (self.home / "config.toml").write_text(self.to_toml())
+
+
+LIMIT_SETTINGS = ("api_max_connections", "api_max_connections_per_address",
+                  "api_reserved_connections", "api_header_timeout_ms", "api_body_timeout_ms",
+                  "api_known_addresses", "peer_max_pending_handshakes",
+                  "peer_max_pending_per_address", "peer_reserved_handshakes")
+"""The node's connection limits and timeouts, as config.toml writes them."""
+
+
+def _check_pool(where: Path, total_name: str, total: Any, per_name: str, per: Any,
+                reserved_name: str, reserved: Any) -> None:
+    """A connection pool's settings: a size, a share per address within it, and a
+    reserved share that leaves room for strangers."""
+    for name, value, low in ((total_name, total, 1), (per_name, per, 1),
+                             (reserved_name, reserved, 0)):
+        if type(value) is not int or value < low:
+            raise ConfigError(f"{where}: {name} must be an integer of at least {low}, "
+                              f"not {value!r}")
+    if per > total:
+        raise ConfigError(f"{where}: {per_name} ({per}) must not exceed {total_name} ({total})")
+    if reserved >= total:
+        raise ConfigError(f"{where}: {reserved_name} ({reserved}) must be less than "
+                          f"{total_name} ({total})")
 
 
 def save_key(path: str | os.PathLike, key: PrivateKey) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from flobc.admission import Admission
 from flobc.config import ConfigError, Genesis, NodeConfig, load_key, split_address
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.transport import Transport
@@ -29,14 +30,15 @@ from flobc.errors import ValidatorError
 from flobc.storage.ledger import Ledger
 from flobc.validator.api import create_api
 from flobc.validator.apps import load_application
+from flobc.validator.http_guard import Deadlines, guarded_protocol
 from flobc.validator.logs import LOG_FORMATS, configure_logging
 from flobc.validator.metrics import NodeMetrics
 from flobc.validator.services import NodeParts
 
 log = logging.getLogger("flobc.node")
 
-API_MAX_CONNECTIONS = 256
 API_SHUTDOWN_GRACE_S = 5
+RESOLVE_TIMEOUT_S = 2.0
 
 
 class NodeFailure(ValidatorError, RuntimeError):
@@ -86,7 +88,10 @@ class Node:
             validators=ValidatorSet(genesis.chain_id, genesis.public_keys),
             index=config.index, key=key, listen=split_address(config.peer_listen),
             peers={p.index: split_address(p.peer_address) for p in config.peers},
-            on_frame=self._guarded(lambda sender, frame: self.host.on_frame(sender, frame)))
+            on_frame=self._guarded(lambda sender, frame: self.host.on_frame(sender, frame)),
+            max_pending_handshakes=config.peer_max_pending_handshakes,
+            max_pending_per_address=config.peer_max_pending_per_address,
+            reserved_handshakes=config.peer_reserved_handshakes)
         self.host = ReplicaHost(
             chain_id=genesis.chain_id, public_keys=genesis.public_keys, index=config.index,
             key=key, params=genesis.consensus, ledger=ledger, app=self.app,
@@ -165,12 +170,36 @@ async def run_node(home: Path, stop: asyncio.Event | None = None) -> None:
         raise NodeFailure(f"consensus failed: {node.failure!r}") from node.failure
 
 
+async def known_api_clients(config: NodeConfig) -> set[str]:
+    """The addresses given the API's reserved share: api_known_addresses and every
+    peer's hosts, names resolved now (a name that does not resolve yet is left out)."""
+    names = {*config.api_known_addresses,
+             *(split_address(a)[0] for p in config.peers
+               for a in (p.peer_address, p.api_address))}
+    loop = asyncio.get_running_loop()
+    known: set[str] = set()
+    for name in sorted(names):
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot resolve known API client %r (%s); it gets no reserved share",
+                        name, exc)
+            continue
+        known.update(str(info[4][0]) for info in infos)
+    return known
+
+
 async def _serve(node: Node, api_socket: socket.socket, stop: asyncio.Event) -> None:
     """Start transport, consensus and API; on stop, shut them down in that reverse order."""
+    config = node.config
+    admission = Admission(config.api_max_connections, config.api_max_connections_per_address,
+                          config.api_reserved_connections, await known_api_clients(config))
+    deadlines = Deadlines(config.api_header_timeout_ms / 1000, config.api_body_timeout_ms / 1000)
     server = _ApiServer(uvicorn.Config(
         create_api(node), log_config=None, log_level="warning", access_log=False,
-        lifespan="off", http="h11", ws="none", server_header=False,
-        limit_concurrency=API_MAX_CONNECTIONS, timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S))
+        lifespan="off", http=guarded_protocol(admission, deadlines),  # type: ignore[arg-type]
+        ws="none", server_header=False, timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S))
     await node.transport.start()
     serving: asyncio.Task[None] | None = None
     try:
