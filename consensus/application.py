@@ -96,6 +96,12 @@ class BlockState(CommittedState):
 class Application(Protocol):
     """What a replicated application implements."""
 
+    @property
+    def max_blob_bytes(self) -> int:
+        """The largest blob a transaction may refer to: what a validator accepts from its
+        peers when a blob travels in chunks (0 when no transaction ever refers to one)."""
+        ...
+
     def required_blobs(self, tx: bytes) -> list[bytes]:
         """Hashes of the blobs ``tx`` refers to: a validator holds them before it votes for
         a block carrying ``tx`` (data availability), and before it executes one."""

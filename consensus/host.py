@@ -17,7 +17,8 @@ from typing import Any
 from flobc import codec
 from flobc.config import ConsensusParams
 from flobc.consensus.application import Application, BlockState, CommittedState
-from flobc.consensus.availability import Availability
+from flobc.consensus.availability import MAX_REPLY_BYTES, Availability
+from flobc.consensus.chunks import chunks_of, split_blobs
 from flobc.consensus.effects import (
     CancelTimer,
     Effect,
@@ -28,6 +29,7 @@ from flobc.consensus.effects import (
 )
 from flobc.consensus.mempool import FULL
 from flobc.consensus.messages import (
+    BlobChunk,
     BlobData,
     Block,
     Blocks,
@@ -60,7 +62,7 @@ ClockFn = Callable[[], int]
 """now_ms(): wall-clock milliseconds (block time stamps and skew checks)."""
 
 MAX_FETCH_BYTES = 4 * 1024 * 1024
-UNSIGNED = (Status, FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData)
+UNSIGNED = (Status, FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData, BlobChunk)
 """Messages trusted only as far as the authenticated connection they came over."""
 DUPLICATE = "duplicate transaction"
 
@@ -126,18 +128,24 @@ class ReplicaHost:
         if isinstance(msg, FetchBlocks):
             self._answer_fetch(msg)
         elif isinstance(msg, Transactions):
-            self._admit(list(msg.txs), list(msg.blobs), gossip=False)
+            self._gossiped(msg)
         elif isinstance(msg, FetchBlobs):
             self.availability.answer(msg)
         elif isinstance(msg, BlobData):
-            self._blobs_arrived(msg)
+            self.availability.store(msg)
+            self._blobs_arrived()
+        elif isinstance(msg, BlobChunk):
+            self.availability.store_chunk(sender, msg)
+            self._blobs_arrived()
         elif isinstance(msg, Proposal) and (missing := self.availability.missing(msg.block.txs)):
             self.availability.hold_proposal(msg, missing)
         else:
             self._run(self.replica.on_message(self.now_ms(), msg))
 
-    def _blobs_arrived(self, msg: BlobData) -> None:
-        self.availability.store(msg)
+    def _blobs_arrived(self) -> None:
+        """Carry on with whatever waited for blobs that are now all here."""
+        for tx, blobs in self.availability.ready_txs():
+            self._admit([tx], blobs, gossip=False)
         for execute in self.availability.ready_executions():  # in order, already released
             self._run(self._execute(execute.block, execute.certificate))
         for proposal in self.availability.ready_proposals():
@@ -146,6 +154,7 @@ class ReplicaHost:
     def on_timer(self, name: str) -> None:
         if name == RESEND:
             self.availability.retry()
+            self._blobs_arrived()
             self._drop_lingering_invalid_txs()
         self._run(self.replica.on_timer(self.now_ms(), name))
 
@@ -328,12 +337,43 @@ class ReplicaHost:
         for blob in needed.values():
             self.ledger.put_blob(blob)
         if gossip and fresh:
-            self._send(None, encode_message(
-                Transactions(tuple(fresh), tuple(needed.values()), self.index)))
+            whole, chunked = split_blobs(needed.values(), MAX_REPLY_BYTES)
+            self._send(None, encode_message(Transactions(tuple(fresh), tuple(whole), self.index)))
+            for blob in chunked:  # after the transactions, which peers then hold for them
+                for chunk in chunks_of(blob, self.index):
+                    self._send(None, encode_message(chunk))
         self._run(effects)
         return results
 
+    def _gossiped(self, msg: Transactions) -> None:
+        """Admit a peer's transactions; those whose blobs are still to come (as chunks
+        behind the message) wait for them, once the cheap checks pass."""
+        given = {sha256(b) for b in msg.blobs}
+        now: list[bytes] = []
+        for tx in msg.txs:
+            h = sha256(tx)
+            missing = [] if self._refusal(h, tx) else [
+                d for d in self.app.required_blobs(tx)
+                if d not in given and not self.ledger.has_blob(d)]
+            if missing:
+                self.availability.hold_tx(h, tx, missing)
+            else:
+                now.append(tx)
+        self._admit(now, list(msg.blobs), gossip=False)
+
     def _tx_error(self, tx_hash: bytes, tx: bytes, given: dict[bytes, bytes]) -> str | None:
+        refusal = self._refusal(tx_hash, tx)
+        if refusal is not None:
+            return refusal
+        for digest in self.app.required_blobs(tx):
+            if digest not in given and not self.ledger.has_blob(digest):
+                return f"blob {digest.hex()} is missing: send it with the transaction"
+        return self.app.check_tx(tx, CommittedState(self.ledger, given) if given
+                                 else self.committed)
+
+    def _refusal(self, tx_hash: bytes, tx: bytes) -> str | None:
+        """Why ``tx`` may not enter the mempool, from the checks that need neither its
+        blobs nor the application."""
         if len(tx) > self.params.max_tx_bytes:
             return f"transaction is {len(tx)} bytes, limit is {self.params.max_tx_bytes}"
         if tx_hash in self.replica.mempool:
@@ -342,11 +382,7 @@ class ReplicaHost:
             return FULL  # refused before any costly check: overload must not starve consensus
         if self.ledger.tx(tx_hash) is not None:
             return "transaction already committed"
-        for digest in self.app.required_blobs(tx):
-            if digest not in given and not self.ledger.has_blob(digest):
-                return f"blob {digest.hex()} is missing: send it with the transaction"
-        return self.app.check_tx(tx, CommittedState(self.ledger, given) if given
-                                 else self.committed)
+        return None
 
     def _answer_fetch(self, msg: FetchBlocks) -> None:
         top = self.ledger.height

@@ -94,6 +94,8 @@ def _nonce_key(tx: KVTx) -> bytes:
 class KVStore:
     """The key-value application (implements consensus.application.Application)."""
 
+    max_blob_bytes = 0
+
     def required_blobs(self, tx: bytes) -> list[bytes]:
         return []
 

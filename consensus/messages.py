@@ -18,6 +18,9 @@ from flobc.crypto import HASH_SIZE, SIGNATURE_SIZE, PrivateKey, sha256, verify
 from flobc.errors import ConsensusError, InputError
 
 MAX_FRAME = 8 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+"""A blob bigger than this travels as :class:`BlobChunk` messages of this size (the last
+one shorter), so no blob has to fit in one frame."""
 MAX_INT = 2**63 - 1
 MAX_LIST = 100_000
 
@@ -447,6 +450,37 @@ class BlobData(Message):
 
 
 @dataclass(frozen=True)
+class BlobChunk(Message):
+    """The ``CHUNK_BYTES`` of blob ``digest`` (``total`` bytes) that start at ``offset``.
+
+    Decoding holds every chunk to the one shape a sender can give it: ``offset`` is a
+    multiple of ``CHUNK_BYTES`` inside the blob, and ``data`` runs to the next multiple or
+    to the end, so a receiver places each chunk by its offset alone.
+    """
+
+    TAG = "blobchunk"
+    SIGNED = False
+    digest: bytes
+    offset: int
+    total: int
+    data: bytes
+    replica: int
+
+    @classmethod
+    def from_list(cls, raw: Any) -> BlobChunk:
+        d, offset, total, data, r = _fields(raw, cls.TAG, 5)
+        offset, total = _int(offset, "offset"), _int(total, "total")
+        data = _bytes(data, "data", max_size=CHUNK_BYTES)
+        if offset % CHUNK_BYTES or offset >= total:
+            raise MessageError(f"offset: {offset} is not a multiple of {CHUNK_BYTES} below "
+                               f"total {total}")
+        if len(data) != min(CHUNK_BYTES, total - offset):
+            raise MessageError(f"data: {len(data)} bytes at offset {offset} of {total}, "
+                               f"expected {min(CHUNK_BYTES, total - offset)}")
+        return cls(_digest(d, "digest"), offset, total, data, _int(r, "replica"))
+
+
+@dataclass(frozen=True)
 class Status(Message):
     """A periodic heartbeat: lets lagging replicas notice they should catch up.
 
@@ -471,7 +505,7 @@ class Status(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (PrePrepare, Prepare, Commit, Checkpoint, Proposal, ViewChange, NewView,
-                FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData, Status)
+                FetchBlocks, Blocks, Transactions, FetchBlobs, BlobData, BlobChunk, Status)
 }
 
 

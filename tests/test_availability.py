@@ -13,14 +13,19 @@ from pathlib import Path
 
 from flobc.config import ConsensusParams
 from flobc.consensus.application import Application, BlockState, CommittedState
+from flobc.consensus.chunks import chunks_of
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.messages import (
+    CHUNK_BYTES,
+    MAX_FRAME,
+    BlobChunk,
     BlobData,
     FetchBlobs,
     Message,
     Prepare,
     Transactions,
     decode_message,
+    encode_message,
 )
 from flobc.crypto import PrivateKey, sha256
 from flobc.storage.ledger import Ledger
@@ -34,6 +39,8 @@ T0 = 1_700_000_000_000
 
 class BlobRefApp:
     """A transaction is ``b"ref" + digest``: it needs that blob, and records it."""
+
+    max_blob_bytes = 16 * 1024 * 1024
 
     def required_blobs(self, tx: bytes) -> list[bytes]:
         return [tx[3:]]
@@ -92,6 +99,7 @@ class Net:
         heapq.heappush(self.queue, (when, next(self.counter), action, args))
 
     def _deliver(self, src: int, dst: int, frame: bytes) -> None:
+        assert len(frame) <= MAX_FRAME, f"a {len(frame)}-byte frame is over the frame limit"
         msg = decode_message(frame)
         if not self.drop(src, dst, msg):
             self.log.append((src, dst, msg))
@@ -172,3 +180,66 @@ def test_a_validator_executes_only_once_it_has_the_blobs(tmp_path: Path) -> None
     net.run_until(committed_everywhere(net, blob))
     assert lagging.ledger.blob(sha256(blob)) == blob
     assert lagging.ledger.meta(1).state_root == net.hosts[0].ledger.meta(1).state_root
+
+
+BIG = bytes(range(256)) * (40 * 1024 + 17)
+"""About 10 MB: more than a frame holds."""
+
+
+def test_a_blob_bigger_than_a_frame_follows_its_transaction_in_chunks(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    assert len(BIG) > MAX_FRAME
+    [(_, reason)] = net.hosts[1].submit_txs([ref_tx(BIG)], [BIG])
+    assert reason is None
+    net.run_until(committed_everywhere(net, BIG))
+    assert all(h.ledger.blob(sha256(BIG)) == BIG for h in net.hosts)
+    for peer in (0, 2, 3):
+        [gossip] = net.sent(Transactions, src=1, dst=peer)
+        chunks = net.sent(BlobChunk, src=1, dst=peer)
+        assert len(chunks) == -(-len(BIG) // CHUNK_BYTES) and gossip < chunks[0]
+    assert net.sent(FetchBlobs) == [], "every validator held the transaction for its chunks"
+    assert all(h.availability.assembler.held_bytes() == 0 for h in net.hosts)
+
+
+def test_a_backup_missing_a_big_blob_fetches_it_in_chunks(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    net.drop = lambda src, dst, msg: isinstance(msg, Transactions)
+    net.hosts[0].submit_txs([ref_tx(BIG)], [BIG])
+    net.run_until(committed_everywhere(net, BIG))
+    for backup in (1, 2, 3):
+        [fetch] = net.sent(FetchBlobs, src=backup, dst=0)
+        [prepare] = net.sent(Prepare, src=backup, dst=0)
+        answer = [n for n in net.sent(BlobChunk, src=0, dst=backup) if n > fetch]
+        assert fetch < answer[-1] < prepare
+        assert net.hosts[backup].ledger.blob(sha256(BIG)) == BIG
+
+
+def test_chunks_of_a_blob_nobody_needs_are_not_kept(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    host = net.hosts[0]
+    for chunk in list(chunks_of(BIG, 1))[:-1]:
+        host.on_frame(1, encode_message(chunk))
+    assert host.availability.assembler.held_bytes() == 0
+    host.on_frame(1, encode_message(Transactions((ref_tx(BIG),), (), 1)))
+    assert sha256(ref_tx(BIG)) in host.availability.txs, "the transaction waits for its blob"
+    for chunk in chunks_of(BIG, 1):
+        host.on_frame(1, encode_message(chunk))
+    assert host.ledger.blob(sha256(BIG)) == BIG
+    assert sha256(ref_tx(BIG)) in host.replica.mempool
+
+
+def test_a_lost_chunk_is_fetched_again(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    lost = [True]
+
+    def drop(src: int, dst: int, msg: Message) -> bool:
+        if dst == 3 and isinstance(msg, BlobChunk) and msg.offset == CHUNK_BYTES and lost[0]:
+            lost[0] = False
+            return True
+        return False
+
+    net.drop = drop
+    net.hosts[1].submit_txs([ref_tx(BIG)], [BIG])
+    net.run_until(committed_everywhere(net, BIG))
+    assert net.sent(FetchBlobs, src=3) and not net.sent(FetchBlobs, src=0)
+    assert all(h.availability.assembler.held_bytes() == 0 for h in net.hosts)

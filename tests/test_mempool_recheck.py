@@ -20,6 +20,8 @@ from flobc.consensus.messages import Transactions
 class ClaimApp:
     """A transaction is ``b"claim" + name + nonce``: the first claim of a name wins."""
 
+    max_blob_bytes = 0
+
     def required_blobs(self, tx: bytes) -> list[bytes]:
         return []
 

@@ -37,6 +37,10 @@ from flobc.validator.services import NodeParts
 
 log = logging.getLogger("flobc.node")
 
+LINK_QUEUE_BYTES = 64 * 1024 * 1024
+LINK_QUEUE_BLOBS = 4
+"""Each peer's outgoing queue holds at least this many of the largest blobs, so that the
+chunks of a few blobs gossiped at once are not dropped before they are sent."""
 API_SHUTDOWN_GRACE_S = 5
 RESOLVE_TIMEOUT_S = 2.0
 
@@ -91,7 +95,8 @@ class Node:
             on_frame=self._guarded(lambda sender, frame: self.host.on_frame(sender, frame)),
             max_pending_handshakes=config.peer_max_pending_handshakes,
             max_pending_per_address=config.peer_max_pending_per_address,
-            reserved_handshakes=config.peer_reserved_handshakes)
+            reserved_handshakes=config.peer_reserved_handshakes,
+            queue_bytes=max(LINK_QUEUE_BYTES, LINK_QUEUE_BLOBS * self.app.max_blob_bytes))
         self.host = ReplicaHost(
             chain_id=genesis.chain_id, public_keys=genesis.public_keys, index=config.index,
             key=key, params=genesis.consensus, ledger=ledger, app=self.app,

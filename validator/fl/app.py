@@ -55,6 +55,10 @@ class FLApp:
     def config(self) -> FLConfig:
         return self.params.config
 
+    @property
+    def max_blob_bytes(self) -> int:
+        return self.params.config.max_blob_bytes
+
     def required_blobs(self, tx: bytes) -> list[bytes]:
         """An update needs its delta blob; nothing else needs one."""
         parsed = decode_tx(tx, self.params.chain_id)
