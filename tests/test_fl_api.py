@@ -240,6 +240,9 @@ BAD_UPDATES: dict[str, tuple[Callable[[Net, History], bytes], int, str]] = {
     "register tx": (lambda n, h: codec.pack([make_register(n.trainers[2], 1,
                                                            n.genesis.chain_id), b"b"]),
                     400, "send it to POST /txs"),
+    "blob over the limit": (lambda n, h: n.body(n.trainers[0], b"\0" * (MAX_BLOB_BYTES + 1)),
+                            413, f"the update blob is {MAX_BLOB_BYTES + 1} bytes, over the "
+                                 f"chain's app.max_blob_bytes {MAX_BLOB_BYTES}"),
     "blob hash mismatch": (lambda n, h: _hash_mismatch(n), 400, "is not the update's blob_hash"),
     "truncated blob": (lambda n, h: _truncated(n), 400, "update blob: weights are not "
                                                           "decodable"),
@@ -518,6 +521,16 @@ def test_validator_refuses_a_genesis_model_that_does_not_match(homes: Path) -> N
         _start_fails(homes / "validator-0", "genesis-model.bin", "testnet init --app fl")
     finally:
         model.write_bytes(original)
+
+
+def test_init_refuses_a_model_over_the_blob_limit(tmp_path: Path) -> None:
+    result = run_flobc("testnet", "init", "--app", "fl", "--validators", 1, "--out",
+                       tmp_path / "net", "--max-blob-bytes", 1000)
+    assert result.returncode == 1
+    assert re.fullmatch(r"flobc: error: model mnist_cnn: its weights, and so every update "
+                        r"blob, are \d+ bytes, over app.max_blob_bytes 1000; raise it with "
+                        r"--max-blob-bytes", result.stderr.strip().splitlines()[-1]), result.stderr
+    assert not (tmp_path / "net").exists()
 
 
 def test_fl_options_need_app_fl(tmp_path: Path) -> None:

@@ -183,8 +183,8 @@ def cmd_testnet_init(args: argparse.Namespace) -> int:
     return 0
 
 
-FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "seed", "sync", "aggregator",
-              "admission", "round_deadline_ms")
+FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "max_blob_bytes", "seed", "sync",
+              "aggregator", "admission", "round_deadline_ms")
 
 
 def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
@@ -347,7 +347,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         history=args.history, sync=args.sync, aggregator=args.aggregator,
         round_deadline_ms=args.round_deadline_ms, epochs=args.epochs, behaviours=behaviours,
         workdir=args.keep, model=args.model, dataset=args.dataset,
-        dataset_file=args.dataset_file))
+        dataset_file=args.dataset_file, max_blob_bytes=args.max_blob_bytes))
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
@@ -439,6 +439,9 @@ def _add_model_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--dataset-file", metavar="FILE",
                        help="the .npz of --dataset file, written into every node's config "
                        "as an absolute path")
+    group.add_argument("--max-blob-bytes", type=_positive_int, metavar="N",
+                       help="the largest update blob the chain accepts; the model's weights "
+                       f"must fit (default: {defaults.max_blob_bytes})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,8 +55,9 @@ class ClusterOptions:
     model: str | None = None
     dataset: str | None = None
     dataset_file: Path | None = None
-    """Model, dataset and the dataset's file as ``testnet init`` takes them (None: its
-    default)."""
+    max_blob_bytes: int | None = None
+    """Model, dataset, the dataset's file and the blob limit as ``testnet init`` takes them
+    (None: its default)."""
 
 
 def init_testnet(out: Path, options: ClusterOptions) -> None:
@@ -67,7 +68,8 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
                "--sync", options.sync, "--aggregator", options.aggregator,
                "--round-deadline-ms", str(options.round_deadline_ms)]
     for flag, value in (("--model", options.model), ("--dataset", options.dataset),
-                        ("--dataset-file", options.dataset_file)):
+                        ("--dataset-file", options.dataset_file),
+                        ("--max-blob-bytes", options.max_blob_bytes)):
         if value is not None:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)

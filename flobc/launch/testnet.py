@@ -52,6 +52,8 @@ class FLOptions:
     aggregator: str = "fedavg"
     admission: str = "allowlist"
     round_deadline_ms: int = 60_000
+    max_blob_bytes: int = FLConfig.max_blob_bytes
+    """The largest update blob the chain takes: at least the model's encoded weights."""
     partitioner: str = "iid"
     local_epochs: int = 1
     batch_size: int = 32
@@ -81,6 +83,7 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
     settings = dict(model=options.model, seed=options.seed, dataset=options.dataset,
                     sync=options.sync, aggregator=options.aggregator,
                     admission=options.admission, round_deadline_ms=options.round_deadline_ms,
+                    max_blob_bytes=options.max_blob_bytes,
                     trainers=tuple(k.public_key for k in keys)
                     if options.admission == "allowlist" else ())
     FLConfig(model_v0_hash=bytes(32), **settings)
@@ -89,6 +92,10 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
         model_v0 = encode_weights(initial_weights(options.model, options.seed))
     except ModelError as exc:
         raise ConfigError(str(exc)) from exc
+    if len(model_v0) > options.max_blob_bytes:
+        raise ConfigError(f"model {options.model}: its weights, and so every update blob, are "
+                          f"{len(model_v0)} bytes, over app.max_blob_bytes "
+                          f"{options.max_blob_bytes}; raise it with --max-blob-bytes")
     config = FLConfig(model_v0_hash=sha256(model_v0), **settings)
     return FLGenesis({"name": "fl", **config.to_app_dict()}, model_v0, keys, options)
 

@@ -76,6 +76,9 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
     async def submit_update(request: Request) -> dict[str, str]:
         """Submit a trainer's update transaction with its delta blob."""
         tx, blob = decode_envelope(await read_body(request, body_limit), body_limit)
+        if len(blob) > config.max_blob_bytes:
+            raise HTTPException(413, f"the update blob is {len(blob)} bytes, over the chain's "
+                                     f"app.max_blob_bytes {config.max_blob_bytes}")
         parsed = decode_tx(tx, chain_id)
         if isinstance(parsed, str):
             raise HTTPException(400, f"update_tx: {parsed}")
