@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from flobc.errors import FlobcError
+
 _MAPPED_V4 = "::ffff:"
 
 
-class Refused(Exception):
+class Refused(FlobcError):
     """No slot for this address; the message says which limit was reached."""
 
 
