@@ -15,6 +15,7 @@ whose chunks are put together.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from flobc.consensus.messages import (
     encode_message,
 )
 from flobc.crypto import sha256
+
+log = logging.getLogger("flobc.availability")
 
 MAX_WAITING_PROPOSALS = 256
 MAX_WAITING_TXS = 256
@@ -66,6 +69,8 @@ class Availability:
         self.txs: OrderedDict[bytes, _WaitingTx] = OrderedDict()
         """Gossiped transactions waiting for their blobs, by transaction hash."""
         self.assembler = Assembler(app.max_blob_bytes)
+        self.txs_dropped = 0
+        """Gossiped transactions given up on since the start: their blobs never came."""
 
     def missing(self, txs: Iterable[bytes]) -> list[bytes]:
         """Digests of blobs that ``txs`` need and this validator does not hold."""
@@ -87,8 +92,22 @@ class Availability:
         if tx_hash in self.txs:
             return
         if len(self.txs) >= MAX_WAITING_TXS:
-            self.txs.popitem(last=False)
+            self._drop(*self.txs.popitem(last=False))
         self.txs[tx_hash] = _WaitingTx(tx, set(missing))
+
+    def _drop(self, tx_hash: bytes, waiting: _WaitingTx) -> None:
+        self.txs_dropped += 1
+        log.warning("validator %d: dropped transaction %s, its blobs %s never arrived",
+                    self.index, tx_hash.hex()[:16], [d.hex()[:16] for d in waiting.missing],
+                    extra={"event": "tx_dropped_missing_blob", "tx": tx_hash.hex(),
+                           "blobs": [d.hex() for d in waiting.missing]})
+
+    def stalls(self) -> dict[str, int]:
+        """What waits here for blobs, and what was given up on: all zero when healthy."""
+        missing = self.requested | {d for w in self.txs.values() for d in w.missing}
+        return {"blobs_missing": len(missing), "txs_waiting_for_blobs": len(self.txs),
+                "blocks_waiting_for_blobs": len(self.executions),
+                "txs_dropped_for_missing_blobs": self.txs_dropped}
 
     def wanted(self, digest: bytes) -> bool:
         """Whether a blob is asked for or awaited by a waiting transaction."""
@@ -114,7 +133,7 @@ class Availability:
             waiting.missing = {d for d in waiting.missing if not self.ledger.has_blob(d)}
             waiting.retries += 1
             if waiting.retries > WAIT_RETRIES:
-                del self.txs[tx_hash]
+                self._drop(tx_hash, self.txs.pop(tx_hash))
         late = {d for w in self.txs.values() if w.retries > 1 for d in w.missing}
         self.assembler.keep_only(self.requested | {d for w in self.txs.values()
                                                    for d in w.missing})

@@ -326,6 +326,11 @@ def test_oversized_update_is_refused_before_it_is_read(net: Net) -> None:
 def test_status_and_records_answer(net: Net, history: History) -> None:
     status = net.fl("/fl/status")
     assert status["sync"] == "bsp" and status["version"] >= history.version
+    health = status["health"]
+    assert health["evaluation_failures"] == health["blocks_waiting_for_blobs"] == 0, status
+    assert health["txs_dropped_for_missing_blobs"] == 0, status
+    if status["version"] == history.version:  # its model took the accepted step
+        assert health["rounds_without_update"] == 0 and status["warnings"] == [], status
     assert status["expected"] == sorted(k.public_key.hex() for k in net.trainers[:2])
     latest = net.fl("/fl/models/latest")
     assert latest["version"] == status["version"] and latest["hash"] == status["model_hash"]
@@ -447,6 +452,15 @@ def test_an_idle_round_is_closed_at_its_deadline(net: Net, history: History) -> 
     closes = [decode_tx(tx, net.genesis.chain_id) for tx in block.txs]
     assert any(isinstance(c, Close) and c.round == status["round"] for c in closes)
     assert block.time_ms >= status["deadline_ms"]
+    # Learning made no progress in that round, and every surface says so.
+    assert held["health"]["rounds_without_update"] >= 1, held
+    assert any("closed with no update" in w for w in held["warnings"]), held
+    metrics = net.cluster.get(0, "/metrics").text
+    assert re.search(r"^flobc_fl_rounds_without_update [1-9]", metrics, re.M), metrics
+    log = net.cluster.validators[0].log_path
+    net.cluster.wait_until(
+        lambda: f"round {status['round']} closed with no update" in log.read_text(),
+        "the validator's log to report the idle round")
 
 
 # --- TensorFlow stays out of the validator -------------------------------------------------

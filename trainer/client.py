@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 MAX_JSON_BYTES = 1024 * 1024
 REQUEST_SLACK_BYTES = 64 * 1024
+MAX_WARNINGS = 8
+MAX_WARNING_CHARS = 300
+"""A validator's warnings are shown to the user: a few, of bounded length."""
 """What an update's body may add to its blob (the contract's bound: blob + 64 KiB)."""
 
 
@@ -76,6 +79,8 @@ class FLStatus:
     deadline_ms: int
     expected: tuple[bytes, ...]
     model_hash: bytes
+    warnings: tuple[str, ...] = ()
+    """What the validator sees stalling the chain (older validators send none)."""
 
 
 @dataclass(frozen=True)
@@ -300,7 +305,15 @@ def _status(answer: Answer) -> FLStatus:
         round=_nat(data, "round"), version=_nat(data, "version"),
         sync=_field(data, "sync", str), deadline_ms=_nat(data, "deadline_ms"),
         expected=tuple(_hex(k, "expected", PUBLIC_KEY_SIZE) for k in expected),
-        model_hash=_hex(_field(data, "model_hash", str), "model_hash", HASH_SIZE))
+        model_hash=_hex(_field(data, "model_hash", str), "model_hash", HASH_SIZE),
+        warnings=_warnings(data))
+
+
+def _warnings(data: dict[str, Any]) -> tuple[str, ...]:
+    said = data.get("warnings", [])
+    if not isinstance(said, list) or not all(isinstance(w, str) for w in said):
+        raise BadAnswer("'warnings' in the answer is not a list of strings")
+    return tuple(w[:MAX_WARNING_CHARS] for w in said[:MAX_WARNINGS])
 
 
 def _proof(answer: Answer) -> ModelProof:

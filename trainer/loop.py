@@ -166,6 +166,8 @@ class Trainer:
         except ModelError as exc:
             raise ConfigError(f"cannot build the chain's model: {exc}") from exc
         self._poller = Poller(self.stop, self.rng)
+        self._warned: set[str] = set()
+        """The validator's warnings last printed: each is printed once while it holds."""
 
     def close(self) -> None:
         self.client.close()
@@ -269,6 +271,9 @@ class Trainer:
         while (status := self._retrying(
                 lambda: self.client.status(after_round, ROUND_WAIT_MS))) is None:
             poller.wait()
+        for warning in set(status.warnings) - self._warned:
+            log.warning("validator %s: %s", self.client.current, warning)
+        self._warned = set(status.warnings)
         return status
 
     def _wait_for_round_after(self, round_: int) -> None:

@@ -24,6 +24,7 @@ from flobc.protocol.settings import MICRO
 from flobc.protocol.state import model_key, read_meta, read_model
 from flobc.protocol.txs import Update, decode_tx
 from flobc.validator.fl.app import FLApp
+from flobc.validator.fl.health import learning_health
 from flobc.validator.fl.queries import MAX_NUMBER, NotFound, QueryError, number_param
 from flobc.validator.fl.voter import SCORES_KEPT, Voter
 from flobc.validator.http import binary_body, read_body, state_proof
@@ -96,7 +97,8 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
     @router.get("/status")
     async def status(after_round: str | None = None,
                      wait_ms: str | None = None) -> dict[str, Any]:
-        """The open round, the latest version and its hash. With ``after_round`` (and
+        """The open round, the latest version and its hash, and what stalls learning
+        (``health``, with a sentence per condition in ``warnings``). With ``after_round`` (and
         ``wait_ms``), the answer waits up to ``wait_ms`` for a round later than that to
         open: a trainer learns of a new round as soon as it commits, without polling."""
         params = {name: value for name, value in (("after_round", after_round),
@@ -115,9 +117,11 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
         model = read_model(state, meta.version) if meta is not None else None
         if meta is None or model is None:
             raise HTTPException(404, "the chain has not executed its first block yet")
+        health = learning_health(node.host, voter)
         return {"round": meta.round, "version": meta.version, "sync": config.sync,
                 "deadline_ms": meta.deadline_ms, "expected": [t.hex() for t in meta.expected],
-                "model_hash": model.hash.hex()}
+                "model_hash": model.hash.hex(), "health": health.fields(),
+                "warnings": health.warnings()}
 
     @router.get("/models/latest")
     async def latest_model() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from flobc.protocol.state import (
     trainers,
 )
 from flobc.validator.fl.app import FLApp
+from flobc.validator.fl.health import Health, learning_health, rounds_without_update
 from flobc.validator.fl.queries import NotFound
 from flobc.validator.fl.voter import Voter
 
@@ -96,6 +97,15 @@ class LearningCollector(Collector):
                                     "The latest committed model version.", rounds["version"])
             yield GaugeMetricFamily("flobc_fl_round", "The open round.", rounds["round"])
         yield from self._voter_metrics(self._voter)
+        yield from self._health_metrics(learning_health(self._host, self._voter))
+
+    @staticmethod
+    def _health_metrics(health: Health) -> Iterator[Metric]:
+        """One gauge per stall condition of :class:`Health`, named after its field."""
+        for name, value in health.fields().items():
+            yield GaugeMetricFamily(f"flobc_fl_{name}",
+                                    f"Learning stall condition: {name.replace('_', ' ')} "
+                                    "(0 when healthy).", value)
 
     @staticmethod
     def _voter_metrics(voter: Voter) -> Iterator[Metric]:
@@ -198,3 +208,11 @@ class LearningEvents:
                         "rejected": statuses.count(REJECTED),
                         "undecided": statuses.count(PENDING), "model_hash": model_hash,
                         "seconds": seconds, "height": height})
+        if not record.updates:
+            empty = rounds_without_update(state, meta.version)
+            log.warning("round %d closed with no update in the model (%d in a row): %d "
+                        "submitted, %d accepted", before.round, empty, len(statuses),
+                        statuses.count(ACCEPTED),
+                        extra={"event": "round_closed_empty", "round": before.round,
+                               "rounds_without_update": empty,
+                               "submitted": len(statuses)})

@@ -115,6 +115,9 @@ class Voter:
         self._tasks: list[asyncio.Task[None]] = []
         self.votes_cast = {"accept": 0, "reject": 0}
         """Votes signed and admitted to the mempool since the start, by verdict."""
+        self.evaluation_failures = 0
+        """Updates and versions this validator could not evaluate since the start: each is
+        a vote it never casts."""
 
     def start(self) -> None:
         """Start the evaluator and both loops; call on the running event loop."""
@@ -190,7 +193,9 @@ class Voter:
         delta = state.blob(job.blob)
         if base is None or delta is None:
             log.error("cannot evaluate trainer %s round %d: %s blob is not stored",
-                      job.trainer.hex()[:16], job.round, "base" if base is None else "update")
+                      job.trainer.hex()[:16], job.round, "base" if base is None else "update",
+                      extra={"event": "evaluation_failed", "round": job.round})
+            self.evaluation_failures += 1
             self._done.add(job)
             return None
         try:
@@ -198,7 +203,9 @@ class Voter:
                 self._executor, self._evaluator.evaluate, base, delta)
         except EvaluatorError as exc:
             log.error("no vote on trainer %s round %d: evaluation failed: %s",
-                      job.trainer.hex()[:16], job.round, exc)
+                      job.trainer.hex()[:16], job.round, exc,
+                      extra={"event": "evaluation_failed", "round": job.round})
+            self.evaluation_failures += 1
             self._done.add(job)
             return None
         self._evaluations[job] = evaluation
@@ -220,14 +227,18 @@ class Voter:
         record = read_model(state, version)
         weights = state.blob(record.hash) if record is not None else None
         if weights is None:
-            log.error("cannot score model version %d: its weights are not stored", version)
+            log.error("cannot score model version %d: its weights are not stored", version,
+                      extra={"event": "evaluation_failed", "version": version})
+            self.evaluation_failures += 1
             self._unscorable.add(version)
             return
         try:
             self._scores[version] = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._evaluator.score, weights)
         except EvaluatorError as exc:
-            log.error("cannot score model version %d: %s", version, exc)
+            log.error("cannot score model version %d: %s", version, exc,
+                      extra={"event": "evaluation_failed", "version": version})
+            self.evaluation_failures += 1
             self._unscorable.add(version)
 
     def _submit_vote(self, job: _Job, e: Evaluation) -> bool:
