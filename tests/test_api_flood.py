@@ -31,7 +31,7 @@ def validator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096 and (hard == resource.RLIM_INFINITY or hard >= 4096):
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
-    with Cluster.create(tmp_path_factory.mktemp("net"), validators=1) as cluster:
+    with Cluster.create(tmp_path_factory.mktemp("net"), validators=1, app="fl") as cluster:  # type: ignore[arg-type]
         home = cluster.validators[0].home
         dataclasses.replace(NodeConfig.load(home), api_header_timeout_ms=HEADER_TIMEOUT_MS,
                             api_body_timeout_ms=BODY_TIMEOUT_MS,
