@@ -323,3 +323,29 @@ def test_demo_stops_validators_on_ctrl_c():
     assert demo.returncode == 0, stdout
     assert "stopped 4 validators" in stdout
     assert_processes_gone(stdout)
+
+
+def test_testnet_init_writes_the_partition_into_every_trainer_home(tmp_path: Path):
+    from flobc.trainer.config import TrainerConfig
+
+    out = tmp_path / "net"
+    result = flobc("testnet", "init", "--validators", "1", "--app", "fl", "--trainers", "2",
+                   "--partition", "dirichlet:0.1", "--out", out)
+    assert result.returncode == 0, result.stderr
+    for index in range(2):
+        cfg = TrainerConfig.load(out / f"trainer-{index}")
+        assert (cfg.partitioner, cfg.partitioner_options) == ("dirichlet", {"alpha": 0.1})
+        assert (cfg.partition_index, cfg.partitions) == (index, 2)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("bogus", "unknown partitioner 'bogus'"),
+    ("dirichlet:x", "alpha must be a number"),
+    ("iid:3", "takes no value"),
+])
+def test_testnet_init_refuses_a_bad_partition(tmp_path: Path, spec: str, fragment: str):
+    result = flobc("testnet", "init", "--validators", "1", "--app", "fl",
+                   "--partition", spec, "--out", tmp_path / "net")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert "argument --partition: " in result.stderr and fragment in result.stderr
+    assert not (tmp_path / "net").exists()

@@ -40,6 +40,7 @@ from flobc.launch.testnet import (
 )
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS
+from flobc.ml.partition import parse_partition, partition_help
 from flobc.protocol.settings import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
 from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
 
@@ -183,8 +184,8 @@ def cmd_testnet_init(args: argparse.Namespace) -> int:
     return 0
 
 
-FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "max_blob_bytes", "seed", "sync",
-              "aggregator", "admission", "round_deadline_ms")
+FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "max_blob_bytes", "partition",
+              "seed", "sync", "aggregator", "admission", "round_deadline_ms")
 
 
 def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
@@ -347,7 +348,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         history=args.history, sync=args.sync, aggregator=args.aggregator,
         round_deadline_ms=args.round_deadline_ms, epochs=args.epochs, behaviours=behaviours,
         workdir=args.keep, model=args.model, dataset=args.dataset,
-        dataset_file=args.dataset_file, max_blob_bytes=args.max_blob_bytes))
+        dataset_file=args.dataset_file, max_blob_bytes=args.max_blob_bytes,
+        partition=args.partition))
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
@@ -379,6 +381,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
+
+
+def _partition(text: str) -> str:
+    """``NAME[:VALUE]``, checked against the partitioner registry and kept as written."""
+    try:
+        parse_partition(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -442,6 +453,9 @@ def _add_model_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--max-blob-bytes", type=_positive_int, metavar="N",
                        help="the largest update blob the chain accepts; the model's weights "
                        f"must fit (default: {defaults.max_blob_bytes})")
+    group.add_argument("--partition", type=_partition, metavar="NAME[:VALUE]",
+                       help="how the dataset is split among the trainers: "
+                       f"{partition_help()} (default: {defaults.partition})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,8 +56,9 @@ class ClusterOptions:
     dataset: str | None = None
     dataset_file: Path | None = None
     max_blob_bytes: int | None = None
-    """Model, dataset, the dataset's file and the blob limit as ``testnet init`` takes them
-    (None: its default)."""
+    partition: str | None = None
+    """Model, dataset, the dataset's file, the blob limit and the partition as ``testnet
+    init`` takes them (None: its default)."""
 
 
 def init_testnet(out: Path, options: ClusterOptions) -> None:
@@ -69,7 +70,8 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
                "--round-deadline-ms", str(options.round_deadline_ms)]
     for flag, value in (("--model", options.model), ("--dataset", options.dataset),
                         ("--dataset-file", options.dataset_file),
-                        ("--max-blob-bytes", options.max_blob_bytes)):
+                        ("--max-blob-bytes", options.max_blob_bytes),
+                        ("--partition", options.partition)):
         if value is not None:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)

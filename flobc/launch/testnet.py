@@ -27,6 +27,7 @@ from flobc.config import (
 )
 from flobc.crypto import PrivateKey, sha256
 from flobc.errors import LaunchError
+from flobc.ml.partition import parse_partition
 from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.protocol.settings import FLConfig
 
@@ -54,7 +55,9 @@ class FLOptions:
     round_deadline_ms: int = 60_000
     max_blob_bytes: int = FLConfig.max_blob_bytes
     """The largest update blob the chain takes: at least the model's encoded weights."""
-    partitioner: str = "iid"
+    partition: str = "iid"
+    """How the dataset is split among the trainers, ``NAME[:VALUE]`` as
+    :func:`flobc.ml.partition.parse_partition` reads it (e.g. ``dirichlet:0.1``)."""
     local_epochs: int = 1
     batch_size: int = 32
 
@@ -78,6 +81,10 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
 
     if options.trainers < 1:
         raise ConfigError(f"--trainers must be at least 1, got {options.trainers}")
+    try:
+        parse_partition(options.partition)
+    except ValueError as exc:
+        raise ConfigError(f"--partition: {exc}") from None
     keys = tuple(PrivateKey.generate() for _ in range(options.trainers))
     # Settings are checked before the slow part (building the model imports TensorFlow).
     settings = dict(model=options.model, seed=options.seed, dataset=options.dataset,
@@ -147,14 +154,20 @@ def write_fl_genesis_files(out: Path, validators: Sequence[NodeConfig], fl: FLGe
 
 
 def _trainer_toml(urls: list[str], index: int, options: FLOptions) -> str:
+    partitioner, partitioner_options = parse_partition(options.partition)
     settings: dict[str, Any] = {
         "validators": urls, "partition_index": index, "partitions": options.trainers,
-        "partitioner": options.partitioner, "dataset": options.dataset,
+        "partitioner": partitioner, "dataset": options.dataset,
         "local_epochs": options.local_epochs, "batch_size": options.batch_size,
         "seed": options.seed}
     if options.dataset_file is not None:
         settings["dataset_path"] = options.dataset_file
-    return "".join(f"{name} = {json.dumps(value)}\n" for name, value in settings.items())
+    lines = [f"{name} = {json.dumps(value)}\n" for name, value in settings.items()]
+    if partitioner_options:
+        lines.append("\n[partitioner_options]\n")
+        lines += [f"{name} = {json.dumps(value)}\n"
+                  for name, value in partitioner_options.items()]
+    return "".join(lines)
 
 
 def write_testnet(out: Path, validators: int, *, chain_id: str, host: str, base_port: int,
