@@ -435,7 +435,8 @@ class Cluster:
         if response.status_code != 200:
             raise ClusterError(f"validator {index} GET /txs/{tx_hash}: HTTP "
                                f"{response.status_code}: {response.text[:300]}")
-        return response.json()
+        answer = response.json()
+        return None if answer.get("status") == "pending" else answer
 
     def wait_committed(self, hashes: Sequence[str], on: Sequence[int] | None = None,
                        timeout: float = COMMIT_TIMEOUT_S) -> int:

@@ -354,3 +354,13 @@ def test_node_stops_cleanly_and_keeps_its_ledger(cluster: Cluster) -> None:
         assert ledger.height >= height
     cluster.start(2)
     commits_still(cluster)
+
+
+def test_tx_lookup_says_committed_or_unknown(cluster: Cluster, client: httpx.Client) -> None:
+    """A client tells a lost transaction (unknown: resubmit it) from a committed one."""
+    unknown = client.get("/txs/" + "ab" * 32)
+    assert unknown.status_code == 404 and unknown.json()["status"] == "unknown"
+    [tx_hash] = cluster.submit_kv({"looked-up": "yes"})
+    cluster.wait_committed([tx_hash])
+    found = client.get(f"/txs/{tx_hash}").json()
+    assert found["status"] == "committed" and found["height"] > 0

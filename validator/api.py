@@ -71,21 +71,26 @@ def create_api(node: ApiNode) -> FastAPI:
                         for h, reason in node.host.submit_txs(txs[start:start + _SLICE])]
         return {"accepted": sum(r["error"] is None for r in results), "results": results}
 
-    @api.get("/txs/{hash_hex}")
-    async def get_tx(hash_hex: str) -> dict[str, Any]:
-        """Where a committed transaction took effect and what executing it returned, and
+    @api.get("/txs/{hash_hex}", response_model=None)
+    async def get_tx(hash_hex: str) -> dict[str, Any] | JSONResponse:
+        """Whether a transaction is committed, pending (in this validator's mempool) or
+        unknown here, so a client whose accepted transaction is unknown can resubmit
+        it; for a committed one, where it took effect, what executing it returned, and
         the later blocks that included it again (each skipping it as a duplicate)."""
         if not _HASH_HEX.fullmatch(hash_hex):
             raise HTTPException(400, "transaction hash must be 64 hex digits")
         tx_hash = bytes.fromhex(hash_hex)
         location = node.ledger.tx(tx_hash)
         if location is None:
-            raise HTTPException(404, "transaction not committed (unknown or still pending)")
+            if tx_hash in node.host.replica.mempool:
+                return {"status": "pending"}
+            return JSONResponse({"status": "unknown", "detail": "transaction not committed "
+                                 "and not pending here"}, status_code=404)
         result = codec.unpack(location.result) if location.result else None  # str | None
         again = [{"height": d.height, "index": d.index}
                  for d in node.ledger.tx_duplicates(tx_hash)]
-        return {"height": location.height, "index": location.index, "result": result,
-                "included_again": again}
+        return {"status": "committed", "height": location.height, "index": location.index,
+                "result": result, "included_again": again}
 
     @api.get("/status")
     async def status() -> dict[str, Any]:

@@ -317,7 +317,8 @@ def cmd_tx_send(args: argparse.Namespace) -> int:
     print(f"accepted tx {tx_hash} (nonce {nonce}); state key {(KV_PREFIX + k.encode()).hex()}")
     if args.wait:
         deadline = time.monotonic() + args.wait
-        while (found := request("GET", base, f"/txs/{tx_hash}", allow_404=True)) is None:
+        while ((found := request("GET", base, f"/txs/{tx_hash}", allow_404=True)) is None
+               or found.get("status") == "pending"):
             if time.monotonic() > deadline:
                 raise LaunchError(f"tx {tx_hash} not committed within {args.wait:g} s")
             time.sleep(0.1)
