@@ -184,6 +184,24 @@ class ValidatorClient:
         """POST an update transaction with its blob; the hex hash of the accepted tx."""
         return self._call("POST", "/fl/updates", _tx_hash, content=codec.pack([tx, blob]))
 
+    def submit_update_elsewhere(self, tx: bytes, blob: bytes, avoid: str) -> str:
+        """POST the same update to a validator other than ``avoid`` (the one that
+        accepted it and then lost it), failing over among the others only."""
+        others = [u for u in self.urls if u != avoid] or list(self.urls)
+        return self._call("POST", "/fl/updates", _tx_hash, content=codec.pack([tx, blob]),
+                          among=others)
+
+    def tx_status_at(self, url: str, tx_hash: str) -> str | None:
+        """What validator ``url`` says of ``tx_hash`` ("committed", "pending" or
+        "unknown"), asked once and not failed over; None if it gives no usable answer."""
+        try:
+            answer = self._once(url, "GET", f"/txs/{tx_hash}", MAX_JSON_BYTES, None)
+            return _tx_status(answer)
+        except (httpx.TransportError, BadAnswer) as exc:
+            log.warning("validator %s failed on GET /txs/%s: %s", url, tx_hash[:16],
+                        str(exc) or type(exc).__name__)
+            return None
+
     def submit_tx(self, tx: bytes) -> str:
         """POST a raw transaction (register); the hex hash of the accepted tx."""
         return self._call("POST", "/txs", _tx_hash, content=tx)
@@ -192,12 +210,15 @@ class ValidatorClient:
 
     def _call(self, method: str, path: str, parse: Callable[[Answer], T], *,
               allow_404: bool = False, limit: int = MAX_JSON_BYTES,
-              content: bytes | None = None) -> T:
+              content: bytes | None = None, among: list[str] | None = None) -> T:
         problems: dict[str, str] = {}
         delay = self.backoff_s
         for attempt in range(self.passes):
             for _ in self.urls:
                 url = self.current
+                if among is not None and url not in among:
+                    self.skip_current()
+                    continue
                 try:
                     answer = self._once(url, method, path, limit, content)
                     if answer.status == 404 and allow_404:
@@ -347,6 +368,18 @@ def _round(answer: Answer) -> RoundInfo:
 
 def _body(answer: Answer) -> bytes:
     return answer.body
+
+
+TX_STATUSES = ("committed", "pending", "unknown")
+
+
+def _tx_status(answer: Answer) -> str:
+    if answer.status not in (200, 404):
+        raise BadAnswer(f"unexpected HTTP {answer.status}")
+    status = _field(_json(answer), "status", str)
+    if status not in TX_STATUSES or (answer.status == 404) != (status == "unknown"):
+        raise BadAnswer(f"transaction status {status[:40]!r} is not one of {TX_STATUSES}")
+    return status
 
 
 def _tx_hash(answer: Answer) -> str:

@@ -49,6 +49,7 @@ from flobc.trainer.client import (
 )
 from flobc.trainer.config import CONFIG_FILE, TrainerConfig
 from flobc.trainer.journal import ON_CHAIN, SENDING, SUBMITTED, Journal
+from flobc.trainer.resubmit import see_committed
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
 
 log = logging.getLogger("flobc.trainer")
@@ -262,6 +263,11 @@ class Trainer:
         log.info("round %d: %d samples on version %d, local loss %.4f accuracy %.4f, "
                  "update tx %s via %s", status.round, update.samples, base.version,
                  update.loss, update.accuracy, tx_hash, self.client.current)
+        if not see_committed(self.client, tx, blob, tx_hash, self.client.current,
+                             lambda: self._status().round == status.round, self.stop,
+                             self.rng):
+            log.warning("round %d: closed before update tx %s was committed", status.round,
+                        tx_hash)
         return Outcome.SUBMITTED
 
     def _status(self, after_round: int | None = None) -> FLStatus:
