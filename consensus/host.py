@@ -73,9 +73,10 @@ class ReplicaHost:
     def __init__(self, *, chain_id: str, public_keys: tuple[bytes, ...], index: int,
                  key: PrivateKey, params: ConsensusParams, ledger: Any, app: Application,
                  send: SendFn, set_timer: TimerFn, cancel_timer: CancelFn, now_ms: ClockFn,
-                 mempool_max_txs: int = 10_000) -> None:
+                 mempool_max_txs: int = 10_000, gossip_txs: bool = True) -> None:
         self.validators = ValidatorSet(chain_id, public_keys)
-        self.replica = Replica(self.validators, index, key, params, mempool_max_txs)
+        self.replica = Replica(self.validators, index, key, params, mempool_max_txs,
+                               gossip_txs)
         self.index = index
         self.params = params
         self.ledger = ledger
@@ -336,7 +337,7 @@ class ReplicaHost:
         needed = {d: given[d] for tx in fresh for d in self.app.required_blobs(tx) if d in given}
         for blob in needed.values():
             self.ledger.put_blob(blob)
-        if gossip and fresh:
+        if gossip and self.replica.gossip_txs and fresh:
             whole, chunked = split_blobs(needed.values(), MAX_REPLY_BYTES)
             self._send(None, encode_message(Transactions(tuple(fresh), tuple(whole), self.index)))
             for blob in chunked:  # after the transactions, which peers then hold for them

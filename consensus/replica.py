@@ -98,7 +98,8 @@ class Replica:
     """One PBFT replica. See the module docstring for the contract."""
 
     def __init__(self, validators: ValidatorSet, index: int, key: PrivateKey,
-                 params: ConsensusParams, mempool_max_txs: int = 10_000) -> None:
+                 params: ConsensusParams, mempool_max_txs: int = 10_000,
+                 gossip_txs: bool = True) -> None:
         if key.public_key != validators.public_keys[index]:
             raise ValueError(f"key does not belong to validator {index}")
         self.vs = validators
@@ -106,6 +107,8 @@ class Replica:
         self.key = key
         self.params = params
         self.mempool = Mempool(mempool_max_txs)
+        self.gossip_txs = gossip_txs
+        """False: held transactions are never sent to peers (see NodeConfig.gossip_txs)."""
         self.view = 0
         self.in_view_change = False
         self.vc_attempts = 0
@@ -680,7 +683,7 @@ class Replica:
         # view change: a primary that ignores them is then suspected by all backups.
         held = [(h, tx) for h, tx in self.mempool.items() if h in self.stale_txs]
         held = held[: self.params.max_block_txs]
-        if held:
+        if held and self.gossip_txs:
             self._send(Transactions(tuple(tx for _, tx in held), (), self.index))
         self.stale_txs = {h for h, _ in self.mempool.batch(self.params.max_block_txs,
                                                            self.params.max_block_bytes)}

@@ -138,6 +138,10 @@ class NodeConfig:
     peer_max_pending_per_address: int = 8
     peer_reserved_handshakes: int = 16
     """Pending peer handshakes kept for the validators' own addresses."""
+    gossip_txs: bool = True
+    """False: transactions accepted here are never sent to peers (neither on arrival nor
+    re-gossiped later), so they reach the chain only in blocks this validator proposes.
+    Off only to show what clients do when a validator dies before it gossips."""
 
     def __post_init__(self) -> None:
         where = self.home / "config.toml"
@@ -155,6 +159,8 @@ class NodeConfig:
             if type(value) is not int or not 1 <= value <= 3_600_000:
                 raise ConfigError(f"{where}: {name} must be an integer in 1..3600000, "
                                   f"not {value!r}")
+        if type(self.gossip_txs) is not bool:
+            raise ConfigError(f"{where}: gossip_txs must be true or false")
         known = self.api_known_addresses
         if not isinstance(known, tuple) or not all(isinstance(a, str) and a and len(a) <= 253
                                                    for a in known):
@@ -183,7 +189,8 @@ class NodeConfig:
                  f'key_file = "{self.key_file}"', f'data_dir = "{self.data_dir}"',
                  f'log_format = "{self.log_format}"',
                  f"max_request_bytes = {self.max_request_bytes}",
-                 f"mempool_max_txs = {self.mempool_max_txs}"]
+                 f"mempool_max_txs = {self.mempool_max_txs}",
+                 f"gossip_txs = {'true' if self.gossip_txs else 'false'}"]
         lines += [f"{name} = {_toml_value(getattr(self, name))}" for name in LIMIT_SETTINGS]
         if self.dataset_file is not None:
             lines.append(f"dataset_file = {json.dumps(self.dataset_file)}")

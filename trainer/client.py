@@ -198,7 +198,7 @@ class ValidatorClient:
             answer = self._once(url, "GET", f"/txs/{tx_hash}", MAX_JSON_BYTES, None)
             return _tx_status(answer)
         except (httpx.TransportError, BadAnswer) as exc:
-            log.warning("validator %s failed on GET /txs/%s: %s", url, tx_hash[:16],
+            log.debug("validator %s failed on GET /txs/%s: %s", url, tx_hash[:16],
                         str(exc) or type(exc).__name__)
             return None
 

@@ -102,7 +102,7 @@ class Node:
             key=key, params=genesis.consensus, ledger=ledger, app=self.app,
             send=self.transport.send, set_timer=self.timers.set,
             cancel_timer=self.timers.cancel, now_ms=lambda: time.time_ns() // 1_000_000,
-            mempool_max_txs=config.mempool_max_txs)
+            mempool_max_txs=config.mempool_max_txs, gossip_txs=config.gossip_txs)
         self.metrics = NodeMetrics(self.host, self.transport)
         self.services = loaded.services(NodeParts(config, genesis, ledger, self.host,
                                                   self.transport, key))
