@@ -199,7 +199,7 @@ class ValidatorClient:
             return _tx_status(answer)
         except (httpx.TransportError, BadAnswer) as exc:
             log.debug("validator %s failed on GET /txs/%s: %s", url, tx_hash[:16],
-                        str(exc) or type(exc).__name__)
+                  str(exc) or type(exc).__name__)
             return None
 
     def submit_tx(self, tx: bytes) -> str:

@@ -316,16 +316,65 @@ def cmd_tx_send(args: argparse.Namespace) -> int:
     tx_hash = _field(answer, "tx_hash", f"{base}/txs")
     print(f"accepted tx {tx_hash} (nonce {nonce}); state key {(KV_PREFIX + k.encode()).hex()}")
     if args.wait:
-        deadline = time.monotonic() + args.wait
-        while ((found := request("GET", base, f"/txs/{tx_hash}", allow_404=True)) is None
-               or found.get("status") == "pending"):
-            if time.monotonic() > deadline:
-                raise LaunchError(f"tx {tx_hash} not committed within {args.wait:g} s")
-            time.sleep(0.1)
-        result = _field(found, "result", f"{base}/txs/{tx_hash}")
+        found = _wait_committed(tx, tx_hash, base, [base_url(u) for u in args.also or []],
+                                args.wait)
+        result = _field(found, "result", f"/txs/{tx_hash}")
         print(f"committed at height {found.get('height')}, index {found.get('index')}: "
               f"{'ok' if result is None else result}")
     return 0
+
+
+def _tx_status(base: str, tx_hash: str) -> dict[str, Any] | None:
+    """What ``base`` says of ``tx_hash``; None if it does not know it or cannot answer."""
+    try:
+        found = request("GET", base, f"/txs/{tx_hash}", allow_404=True)
+    except LaunchError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _wait_committed(tx: bytes, tx_hash: str, holder: str, others: list[str],
+                    wait_s: float) -> dict[str, Any]:
+    """Wait for ``tx`` to commit; when the validator holding it loses it (or goes away)
+    and no other one has it for RESUBMIT_AFTER_S, send the same bytes to the next one."""
+    from flobc.trainer.resubmit import RESUBMIT_AFTER_S
+
+    deadline = time.monotonic() + wait_s
+    lost_since: float | None = None
+    while True:
+        seen = [_tx_status(holder, tx_hash)]
+        if seen[0] is None or seen[0].get("status") != "pending":
+            seen += [_tx_status(u, tx_hash) for u in others if u != holder]
+        states = [f.get("status") for f in seen if f is not None]
+        if "committed" in states:
+            return next(f for f in seen if f is not None and f.get("status") == "committed")
+        if "pending" in states:
+            lost_since = None
+        elif lost_since is None:
+            lost_since = time.monotonic()
+        elif time.monotonic() - lost_since >= RESUBMIT_AFTER_S:
+            holder = _resubmit_tx(tx, tx_hash, holder, others)
+            lost_since = None
+        if time.monotonic() > deadline:
+            raise LaunchError(f"tx {tx_hash} not committed within {wait_s:g} s")
+        time.sleep(0.1)
+
+
+def _resubmit_tx(tx: bytes, tx_hash: str, lost_by: str, others: list[str]) -> str:
+    """POST the same signed ``tx`` to the first other validator that takes it."""
+    for url in others:
+        if url == lost_by:
+            continue
+        try:
+            request("POST", url, "/txs", content=tx,
+                    headers={"content-type": "application/octet-stream"})
+        except LaunchError as exc:
+            print(f"resubmitting tx {tx_hash} to {url} failed: {exc}", file=sys.stderr)
+            continue
+        print(f"tx {tx_hash} unknown to {lost_by} and committed nowhere: resubmitted the "
+              f"same signed tx to {url}")
+        return url
+    return lost_by
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -576,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--nonce", type=int, help="default: the current time in nanoseconds")
     send.add_argument("--wait", type=_positive_float, metavar="SECONDS",
                       help="wait up to SECONDS for the transaction to be committed")
+    send.add_argument("--also", action="append", metavar="URL",
+                      help="with --wait: another validator to resubmit the same "
+                           "transaction to if --validator loses it (repeatable)")
     send.set_defaults(func=cmd_tx_send)
 
     demo = commands.add_parser(
