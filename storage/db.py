@@ -20,7 +20,10 @@ import plyvel
 def _prefix(name: str) -> bytes:
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"table name must be a non-empty string without NUL, got {name!r}")
-    return name.encode() + b"\x00"
+    try:
+        return name.encode() + b"\x00"
+    except UnicodeEncodeError:
+        raise ValueError(f"table name must be encodable as UTF-8, got {name!r}") from None
 
 
 def _successor(prefix: bytes) -> bytes:
