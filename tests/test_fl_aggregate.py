@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from flobc.ml.weights import encode_weights
 from flobc.protocol.aggregation import (
+    AGGREGATORS,
     Contribution,
     bap_merge,
-    combine,
     coordinate_median,
     fedavg,
     krum_select,
@@ -27,8 +27,20 @@ from flobc.protocol.reputation import (
     rewarded,
     shares_micro,
 )
+from flobc.registry import UnknownChoice
 
 RULES = ("fedavg", "median", "trimmed_mean", "krum")
+
+RULES = AGGREGATORS.names()
+ROBUST_SETTINGS = {"trimmed_mean": {"trim_fraction": 0.2}, "krum": {"f": 1}}
+
+
+def combine(rule: str, base: list[np.ndarray], contributions: list[Contribution],
+            **settings: float) -> tuple[list[np.ndarray], list[tuple[bytes, int]]]:
+    """The registered rule ``rule`` with ``settings`` (those it has) applied."""
+    kind = AGGREGATORS.get(rule)
+    own = {k: v for k, v in settings.items() if k in kind.genesis_keys}
+    return kind(**own).combine(base, contributions)
 
 
 def _model(rng: np.random.Generator) -> list[np.ndarray]:
@@ -119,7 +131,7 @@ def _honest_and_outlier(rng: np.random.Generator) -> tuple[list[np.ndarray], lis
 def test_robust_rules_resist_one_outlier_where_fedavg_does_not(rule: str) -> None:
     base, deltas = _honest_and_outlier(np.random.default_rng(3))
     contributions = [Contribution(bytes([i]) * 32, d, 100) for i, d in enumerate(deltas)]
-    robust, shares = combine(rule, base, contributions, trim_fraction=0.2, krum_f=1)
+    robust, shares = combine(rule, base, contributions, trim_fraction=0.2, f=1)
     plain, _ = combine("fedavg", base, contributions)
     assert all(np.abs(w - 1.0).max() < 0.05 for w in robust)
     assert all(np.abs(w - 1.0).max() > 10 for w in plain)
@@ -149,7 +161,7 @@ def test_combine_refuses_a_trainer_twice_and_unknown_rules() -> None:
     twice = [Contribution(b"a", base, 1), Contribution(b"a", base, 1)]
     with pytest.raises(ValueError, match="two contributions from one trainer"):
         combine("fedavg", base, twice)
-    with pytest.raises(ValueError, match="unknown aggregation rule 'mean'"):
+    with pytest.raises(UnknownChoice, match="unknown aggregator 'mean'"):
         combine("mean", base, twice[:1])
 
 

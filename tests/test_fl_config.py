@@ -11,6 +11,7 @@ import pytest
 from flobc.config import ConfigError, Genesis, NodeConfig, ValidatorInfo
 from flobc.crypto import PrivateKey, sha256
 from flobc.launch.cli import main
+from flobc.protocol.aggregation import AGGREGATORS
 from flobc.protocol.settings import FLConfig
 from flobc.validator.fl.services import node_dataset_file
 
@@ -37,6 +38,35 @@ def test_settings_survive_the_genesis_file() -> None:
         genesis = Genesis("fl-test", 0, (ValidatorInfo("v0", TRAINERS[0]),),
                           app=cfg.to_app_dict())
         assert FLConfig.from_app(Genesis.from_toml(genesis.to_toml()).app) == cfg
+
+
+def test_the_aggregator_table_names_a_rule_and_its_settings() -> None:
+    toml = (f'[app]\nname = "fl"\nmodel_v0_hash = "{V0.hex()}"\nadmission = "open"\n'
+            '[app.aggregator]\nname = "krum"\nf = 2\nm = 3\n')
+    config = FLConfig.from_app(Genesis.from_toml(
+        'chain_id = "fl-test"\ngenesis_time_ms = 0\n[[validators]]\nname = "v0"\n'
+        f'public_key = "{TRAINERS[0].hex()}"\n' + toml).app)
+    assert config == FLConfig(V0, admission="open", aggregator="krum", krum_f=2, krum_m=3)
+    assert config.make_aggregator() == AGGREGATORS.get("krum")(f=2, m=3)
+
+
+@pytest.mark.parametrize(("table", "reason"), [
+    ({"f": 1}, "app.aggregator.name is missing"),
+    ({"name": "mean"}, "app.aggregator.name: unknown aggregator 'mean'"),
+    ({"name": "trimmed_mean", "f": 1}, "app.aggregator: unknown setting 'f' of trimmed_mean"),
+    ({"name": "median", "trim_fraction": 0.1}, "unknown setting 'trim_fraction' of median"),
+    ({"name": "trimmed_mean", "trim_fraction": 0.6}, "app.trim_fraction must be below 0.5"),
+])
+def test_a_bad_aggregator_table_is_named(table: dict, reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open",
+                           "aggregator": table})
+
+
+def test_an_aggregator_setting_given_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="app.aggregator.f is also set as app.krum_f"):
+        FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open", "krum_f": 1,
+                           "aggregator": {"name": "krum", "f": 2}})
 
 
 @pytest.mark.parametrize(("app", "reason"), [

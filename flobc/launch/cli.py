@@ -41,7 +41,8 @@ from flobc.launch.testnet import (
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS
 from flobc.ml.partition import parse_partition, partition_help
-from flobc.protocol.settings import ADMISSIONS, AGGREGATORS, SYNC_SCHEMES
+from flobc.protocol.aggregation import AGGREGATORS
+from flobc.protocol.settings import ADMISSIONS, SYNC_SCHEMES
 from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
 
 HTTP_TIMEOUT_S = 10.0
@@ -477,7 +478,7 @@ def _add_fl_options(group: argparse._ArgumentGroup) -> None:
                        f"(default: {defaults.seed})")
     group.add_argument("--sync", choices=SYNC_SCHEMES,
                        help=f"sync scheme (default: {defaults.sync})")
-    group.add_argument("--aggregator", choices=AGGREGATORS,
+    group.add_argument("--aggregator", choices=AGGREGATORS.names(),
                        help=f"aggregation rule (default: {defaults.aggregator})")
     group.add_argument("--admission", choices=ADMISSIONS,
                        help="allowlist (the trainers written here) or open "
@@ -661,9 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rounds", type=_positive_int, help="stop after this many rounds")
     up.add_argument("--history", type=Path, metavar="FILE",
                     help="write the rounds to FILE as JSON as they commit")
-    up.add_argument("--sync", choices=("bsp", "ssp", "bap"), default="bsp")
-    up.add_argument("--aggregator", choices=("fedavg", "median", "trimmed_mean", "krum"),
-                    default="fedavg")
+    up.add_argument("--sync", choices=SYNC_SCHEMES, default="bsp")
+    up.add_argument("--aggregator", choices=AGGREGATORS.names(), default="fedavg",
+                    help="aggregation rule (default: %(default)s)")
     up.add_argument("--round-deadline-ms", type=_positive_int, default=60_000,
                     help="block time after which a round closes without the missing "
                     "updates (default: %(default)s)")

@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from flobc.protocol.reputation import MICRO, shares_micro
+from flobc.registry import Registry
 
 Weights = list[np.ndarray]
-RULES = ("fedavg", "median", "trimmed_mean", "krum")
+Shares = list[tuple[bytes, int]]
 
 
 def widen(ws: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -159,25 +161,99 @@ class Contribution:
     """Samples x trust, a non-negative integer."""
 
 
-def combine(rule: str, base: Sequence[np.ndarray], contributions: Sequence[Contribution],
-            *, trim_fraction: float = 0.1, krum_f: int = 1, krum_m: int = 0
-            ) -> tuple[Weights, list[tuple[bytes, int]]]:
-    """The new weights under ``rule`` and each contributor's share in millionths (key
-    order), independent of the order ``contributions`` come in."""
-    if rule not in RULES:
-        raise ValueError(f"unknown aggregation rule {rule!r}; rules are {RULES}")
+def _ordered(contributions: Sequence[Contribution]) -> list[Contribution]:
     ordered = sorted(contributions, key=lambda c: c.key)
     keys = [c.key for c in ordered]
     if len(set(keys)) != len(keys):
         raise ValueError("two contributions from one trainer")
-    deltas = [c.delta for c in ordered]
-    n = len(ordered)
-    if rule == "median":
-        return coordinate_median(base, deltas), [(k, MICRO // n) for k in keys]
-    if rule == "trimmed_mean":
-        return trimmed_mean(base, deltas, trim_fraction), [(k, MICRO // n) for k in keys]
-    chosen = krum_select(deltas, krum_f, krum_m) if rule == "krum" else list(range(n))
+    return ordered
+
+
+def _equal_shares(ordered: Sequence[Contribution]) -> Shares:
+    return [(c.key, MICRO // len(ordered)) for c in ordered]
+
+
+def _weighted(base: Sequence[np.ndarray], ordered: Sequence[Contribution],
+              chosen: Sequence[int]) -> tuple[Weights, Shares]:
+    """FedAvg over the ``chosen`` contributions; the others get a zero share."""
     weights = [ordered[i].weight for i in chosen]
     shares = dict(zip(chosen, shares_micro(weights) or [0] * len(chosen), strict=True))
-    merged = fedavg(base, [deltas[i] for i in chosen], weights)
-    return merged, [(k, shares.get(i, 0)) for i, k in enumerate(keys)]
+    merged = fedavg(base, [ordered[i].delta for i in chosen], weights)
+    return merged, [(c.key, shares.get(i, 0)) for i, c in enumerate(ordered)]
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """One aggregation rule, shaped like a Flower strategy's ``aggregate_fit``; its
+    settings are the dataclass fields, written in genesis under ``[app.aggregator]``."""
+
+    genesis_keys: ClassVar[dict[str, str]] = {}
+    """Field -> the flat ``[app]`` setting that also holds it (older genesis files)."""
+
+    def combine(self, base: Sequence[np.ndarray], contributions: Sequence[Contribution]
+                ) -> tuple[Weights, Shares]:
+        """The new weights and each contributor's share in millionths (key order),
+        independent of the order ``contributions`` come in."""
+        ordered = _ordered(contributions)
+        return self.aggregate(base, ordered)
+
+    def aggregate(self, base: Sequence[np.ndarray], ordered: Sequence[Contribution]
+                  ) -> tuple[Weights, Shares]:
+        """``combine`` on contributions already sorted by key, with distinct keys."""
+        raise NotImplementedError
+
+
+AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator")
+
+
+@AGGREGATORS.register("fedavg")
+@dataclass(frozen=True)
+class FedAvg(Aggregator):
+    """The mean of the deltas weighted by samples x trust (McMahan et al. 2017)."""
+
+    def aggregate(self, base: Sequence[np.ndarray], ordered: Sequence[Contribution]
+                  ) -> tuple[Weights, Shares]:
+        return _weighted(base, ordered, range(len(ordered)))
+
+
+@AGGREGATORS.register("median")
+@dataclass(frozen=True)
+class Median(Aggregator):
+    """The per-coordinate median (Yin et al. 2018); equal shares."""
+
+    def aggregate(self, base: Sequence[np.ndarray], ordered: Sequence[Contribution]
+                  ) -> tuple[Weights, Shares]:
+        return (coordinate_median(base, [c.delta for c in ordered]),
+                _equal_shares(ordered))
+
+
+@AGGREGATORS.register("trimmed_mean")
+@dataclass(frozen=True)
+class TrimmedMean(Aggregator):
+    """The per-coordinate trimmed mean (Yin et al. 2018); equal shares."""
+
+    trim_fraction: float = 0.1
+    """The fraction of values dropped at each end, per coordinate."""
+    genesis_keys: ClassVar[dict[str, str]] = {"trim_fraction": "trim_fraction"}
+
+    def aggregate(self, base: Sequence[np.ndarray], ordered: Sequence[Contribution]
+                  ) -> tuple[Weights, Shares]:
+        return (trimmed_mean(base, [c.delta for c in ordered], self.trim_fraction),
+                _equal_shares(ordered))
+
+
+@AGGREGATORS.register("krum")
+@dataclass(frozen=True)
+class MultiKrum(Aggregator):
+    """FedAvg over the Multi-Krum selection (Blanchard et al. 2017)."""
+
+    f: int = 1
+    """How many Byzantine updates to tolerate."""
+    m: int = 0
+    """How many updates to average; 0 means all but ``f``."""
+    genesis_keys: ClassVar[dict[str, str]] = {"f": "krum_f", "m": "krum_m"}
+
+    def aggregate(self, base: Sequence[np.ndarray], ordered: Sequence[Contribution]
+                  ) -> tuple[Weights, Shares]:
+        return _weighted(base, ordered,
+                         krum_select([c.delta for c in ordered], self.f, self.m))

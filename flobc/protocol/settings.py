@@ -18,11 +18,12 @@ from flobc.config import ConfigError, Genesis
 from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS, is_model_name
+from flobc.protocol.aggregation import AGGREGATORS, Aggregator
+from flobc.registry import UnknownChoice
 
 MICRO = 1_000_000
 ADMISSIONS = ("allowlist", "open")
 SYNC_SCHEMES = ("bsp", "ssp", "bap")
-AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_STALENESS = 1000
 MAX_BLOB_BYTES = 256 * 1024 * 1024
@@ -80,7 +81,8 @@ class FLConfig:
         _check_fraction(self.ssp_min_fraction, "ssp_min_fraction", low_open=True)
         _check_fraction(self.bap_alpha, "bap_alpha", low_open=True)
         _check_int(self.round_deadline_ms, "round_deadline_ms", 1, MAX_DEADLINE_MS)
-        _check(self.aggregator in AGGREGATORS, "aggregator", f"must be one of {AGGREGATORS}")
+        _check(self.aggregator in AGGREGATORS, "aggregator",
+               f"must be one of {AGGREGATORS.names()}")
         _check_fraction(self.trim_fraction, "trim_fraction", low_open=False)
         _check(self.trim_fraction < 0.5, "trim_fraction", "must be below 0.5")
         _check_int(self.krum_f, "krum_f", 0, 1000)
@@ -114,6 +116,11 @@ class FLConfig:
     def bap_alpha_micro(self) -> int:
         return round(self.bap_alpha * MICRO)
 
+    def make_aggregator(self) -> Aggregator:
+        """The aggregation rule with its settings."""
+        rule = AGGREGATORS.get(self.aggregator)
+        return rule(**{name: getattr(self, key) for name, key in rule.genesis_keys.items()})
+
     @classmethod
     def from_genesis(cls, genesis: Genesis, source: str | os.PathLike = "genesis") -> FLConfig:
         """The settings of a learning chain's genesis; ConfigError naming ``source``
@@ -135,6 +142,8 @@ class FLConfig:
         if "model_v0_hash" not in app:
             raise ConfigError("app.model_v0_hash is missing (SHA-256 of genesis-model.bin)")
         values = {k: v for k, v in app.items() if k != APP_NAME_KEY}
+        if isinstance(values.get("aggregator"), dict):
+            values.update(_aggregator_table(values.pop("aggregator"), values))
         values["model_v0_hash"] = _hex(values["model_v0_hash"], "model_v0_hash", HASH_SIZE)
         trainers = values.get("trainers", [])
         if not isinstance(trainers, list):
@@ -149,6 +158,30 @@ class FLConfig:
         out["model_v0_hash"] = self.model_v0_hash.hex()
         out["trainers"] = [t.hex() for t in self.trainers]
         return out
+
+
+def _aggregator_table(table: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
+    """``[app.aggregator]`` (``name`` and that rule's settings) as the flat settings."""
+    name = table.get("name")
+    if not isinstance(name, str):
+        raise ConfigError("app.aggregator.name is missing (one of "
+                          f"{', '.join(AGGREGATORS.names())})")
+    try:
+        rule = AGGREGATORS.get(name)
+    except UnknownChoice as e:
+        raise ConfigError(f"app.aggregator.name: {e}") from None
+    out: dict[str, Any] = {"aggregator": name}
+    for key, value in table.items():
+        if key == "name":
+            continue
+        if key not in rule.genesis_keys:
+            raise ConfigError(f"app.aggregator: unknown setting {key!r} of {name}; its "
+                              f"settings: {', '.join(rule.genesis_keys) or 'none'}")
+        if rule.genesis_keys[key] in flat:
+            raise ConfigError(f"app.aggregator.{key} is also set as "
+                              f"app.{rule.genesis_keys[key]}; keep one")
+        out[rule.genesis_keys[key]] = value
+    return out
 
 
 def _check(ok: bool, name: str, message: str) -> None:

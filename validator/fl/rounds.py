@@ -16,7 +16,6 @@ from flobc.protocol.aggregation import (
     Contribution,
     Weights,
     bap_merge,
-    combine,
     rebase,
     staleness_discount,
 )
@@ -104,9 +103,7 @@ def _aggregate(config: FLConfig, spec: Spec, state: BlockState, meta: Meta, heig
             delta = rebase(current, bases[update.base], delta)
         contributions.append(Contribution(trainer, delta, update.samples * trust[trainer]))
         blobs[trainer] = update.blob
-    weights, shares = combine(config.aggregator, current, contributions,
-                              trim_fraction=config.trim_fraction, krum_f=config.krum_f,
-                              krum_m=config.krum_m)
+    weights, shares = config.make_aggregator().combine(current, contributions)
     return _publish(state, weights, meta, height, time_ms,
                     [(trainer, blobs[trainer], share) for trainer, share in shares])
 
