@@ -82,13 +82,13 @@ from flobc.launch.cluster import ClusterOptions, Trainers, init_testnet
 from flobc.launch.localnet import LocalNet
 from flobc.launch.testnet import GENESIS_MODEL
 from flobc.ml.data import load_dataset, split
-from flobc.ml.learner import Learner
+from flobc.ml.learner import Learner, learner_for
 from flobc.ml.weights import decode_weights, encode_weights
 from flobc.protocol.aggregation import fedavg
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.txs import Vote, decode_tx
 from flobc.trainer.config import TrainerConfig
-from flobc.trainer.loop import keras_learner, local_data, train_round
+from flobc.trainer.loop import local_data, train_round
 from flobc.trainer.verify import CACHE_DIR, VerifiedModel
 
 WARMUP_ROUNDS = 1
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp) / "net"
         init_testnet(workdir, ClusterOptions())
         chain = load_chain(workdir, args.epochs)
-        learner = keras_learner(chain.fl.model, chain.fl.seed)
+        learner = learner_for(chain.fl.model, chain.fl.seed)
         local = in_process(chain, learner, total)
         cluster = on_cluster(workdir, chain, learner, total, args.epochs)
     cfg = chain.configs[0]

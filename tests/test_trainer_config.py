@@ -10,10 +10,11 @@ import pytest
 
 from flobc.config import ConfigError, Genesis, ValidatorInfo, save_key
 from flobc.crypto import PrivateKey, sha256
+from flobc.ml.learner import learner_for
 from flobc.ml.weights import encode_weights
 from flobc.protocol.settings import FLConfig
 from flobc.trainer.config import TrainerConfig
-from flobc.trainer.loop import Trainer, keras_learner
+from flobc.trainer.loop import Trainer
 
 VALID = """\
 validators = ["http://127.0.0.1:26601", "http://127.0.0.1:26603"]
@@ -115,11 +116,11 @@ def test_a_dataset_other_than_the_chains_is_refused(tmp_path: Path):
     cfg = learning_home(tmp_path, VALID, dataset="file")
     with pytest.raises(ConfigError, match=r"dataset 'mnist_5k' in .*trainer.toml contradicts "
                                           r"the chain's dataset 'file' in .*genesis.toml"):
-        Trainer(cfg, keras_learner)
+        Trainer(cfg, learner_for)
 
 
 def test_a_chain_model_this_trainer_cannot_import_is_named(tmp_path: Path):
     cfg = learning_home(tmp_path, VALID, model="no_such_flobc_models:build")
     with pytest.raises(ConfigError, match="cannot build the chain's model: .*cannot import "
                                           "module 'no_such_flobc_models'"):
-        Trainer(cfg, keras_learner)
+        Trainer(cfg, learner_for)

@@ -33,7 +33,7 @@ from flobc.consensus.light import VerificationError
 from flobc.crypto import sha256
 from flobc.errors import TrainerError
 from flobc.ml.data import Dataset, DatasetError, load_dataset, split
-from flobc.ml.learner import Learner
+from flobc.ml.learner import Learner, learner_for
 from flobc.ml.models import ModelError
 from flobc.ml.partition import partition
 from flobc.ml.weights import all_finite, encode_weights
@@ -327,14 +327,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def keras_learner(model: str, seed: int) -> Learner:
-    """The Keras learner for a model of the zoo (imports TensorFlow)."""
-    from flobc.ml.learner import KerasLearner
-    from flobc.ml.models import build_model
-
-    return KerasLearner(build_model(model, seed))
-
-
 def run_trainer(cfg: TrainerConfig) -> int:
     """Run the trainer in the foreground until a signal or ``cfg.rounds``; exit status."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
@@ -342,7 +334,7 @@ def run_trainer(cfg: TrainerConfig) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request
     stop = threading.Event()
     with stop_on_signals(stop):
-        trainer = Trainer(cfg, keras_learner, stop)
+        trainer = Trainer(cfg, learner_for, stop)
         try:
             trainer.run()
         finally:

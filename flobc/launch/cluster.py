@@ -106,13 +106,12 @@ class Monitor:
     def __init__(self, genesis: Genesis, url: str, dataset_file: Path | None = None) -> None:
         """``dataset_file``: a copy of the dataset when genesis names ``dataset = "file"``."""
         from flobc.ml.data import load_dataset, split
-        from flobc.ml.learner import KerasLearner
-        from flobc.ml.models import build_model
+        from flobc.ml.learner import learner_for
 
         fl = FLConfig.from_genesis(genesis)
         try:  # DatasetError and ModelError: the user's file or builder
             data = load_dataset(fl.dataset, None if dataset_file is None else str(dataset_file))
-            self.learner = KerasLearner(build_model(fl.model, fl.seed))
+            self.learner = learner_for(fl.model, fl.seed)
         except ValueError as exc:
             raise LaunchError(f"cannot measure test accuracy: {exc}") from exc
         self.test = split(data, seed=fl.seed).test

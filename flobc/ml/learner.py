@@ -102,3 +102,18 @@ class KerasLearner:
             loss -= float(np.log(np.clip(picked, PROB_EPSILON, 1.0)).sum())
             correct += int((probs.argmax(axis=1) == labels).sum())
         return {"loss": loss / len(x), "accuracy": correct / len(x)}
+
+
+def learner_for(model: str, seed: int, *, single_thread: bool = False) -> Learner:
+    """The learner for a genesis model (a zoo name or a builder), its version-0 weights
+    drawn from ``seed``. Imports TensorFlow, so only processes that train or evaluate
+    call it; ``single_thread`` keeps TensorFlow to one thread (a worker beside
+    consensus)."""
+    if single_thread:
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    from flobc.ml.models import build_model
+
+    return KerasLearner(build_model(model, seed))

@@ -257,17 +257,12 @@ class _Worker:
     """The TensorFlow side: a learner on the genesis model and the hold-out shard."""
 
     def __init__(self, settings: EvaluatorSettings) -> None:
-        import tensorflow as tf
-
         from flobc.ml.data import load_dataset, split, validator_shard
-        from flobc.ml.learner import KerasLearner
-        from flobc.ml.models import build_model
+        from flobc.ml.learner import learner_for
         from flobc.ml.weights import spec
 
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
         self.settings = settings
-        self.learner = KerasLearner(build_model(settings.model, settings.seed))
+        self.learner = learner_for(settings.model, settings.seed, single_thread=True)
         self.spec = spec(self.learner.get_weights())
         parts = split(load_dataset(settings.dataset, settings.dataset_file), seed=settings.seed)
         self.data = validator_shard(parts.validator_holdout, settings.shard_index,
