@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flobc.crypto import sha256
+from flobc.launch.cli import build_parser
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Shares, Weights
 from flobc.protocol.settings import FLConfig
 
@@ -40,3 +41,10 @@ def test_a_registered_aggregator_is_selected_by_genesis_and_used(keep_base: None
     fedavg, _ = FLConfig(config.model_v0_hash, admission="open").make_aggregator().combine(
         base, update)
     assert fedavg[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_command_line_offers_a_registered_aggregator(keep_base: None) -> None:
+    args = build_parser().parse_args(["cluster", "up", "--aggregator", "keep_base"])
+    assert args.aggregator == "keep_base"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "up", "--aggregator", "no_such_rule"])
