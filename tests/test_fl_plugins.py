@@ -1,10 +1,10 @@
-"""A new aggregation rule is one class and one registration: genesis selects it and
-block execution's combine step uses it."""
+"""A new aggregation rule or attack is one class and one registration: genesis or the
+command line selects it, and block execution or the trainer uses it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -13,6 +13,8 @@ from flobc.crypto import sha256
 from flobc.launch.cli import build_parser
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Shares, Weights
 from flobc.protocol.settings import FLConfig
+from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, make_behaviour
+from flobc.trainer.update import LocalUpdate
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,35 @@ def test_the_command_line_offers_a_registered_aggregator(keep_base: None) -> Non
     assert args.aggregator == "keep_base"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["cluster", "up", "--aggregator", "no_such_rule"])
+
+
+@dataclass(frozen=True)
+class Zero(Behaviour):
+    """Submits a delta of zeros and claims twice its samples."""
+
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator
+              ) -> list[np.ndarray]:
+        return [np.zeros_like(d) for d in delta]
+
+    def submit(self, update: LocalUpdate) -> LocalUpdate:
+        return replace(update, samples=2 * update.samples)
+
+
+@pytest.fixture
+def zero() -> Iterator[None]:
+    BEHAVIOURS.add("zero", Zero)
+    yield
+    BEHAVIOURS.remove("zero")
+
+
+def test_a_registered_behaviour_is_offered_and_applied(zero: None) -> None:
+    args = build_parser().parse_args(["cluster", "up", "--byzantine", "1:zero"])
+    assert args.byzantine == [(1, "zero")]
+    assert build_parser().parse_args(["trainer", "join", "--home", "h", "--behaviour",
+                                      "zero"]).behaviour == "zero"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "up", "--byzantine", "1:no_such_attack"])
+    attack = make_behaviour("zero")
+    delta = attack.delta([np.ones((2, 2), dtype=np.float32)], np.random.default_rng(0))
+    assert delta[0].dtype == np.float32 and delta[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert attack.submit(LocalUpdate(delta, 5, 0.1, 0.9)).samples == 10

@@ -14,7 +14,8 @@ from flobc.ml.data import load_dataset, split
 from flobc.ml.learner import KerasLearner
 from flobc.ml.models import build_model, initial_weights
 from flobc.ml.weights import spec
-from flobc.trainer.byzantine import transform
+from flobc.registry import UnknownChoice
+from flobc.trainer.byzantine import make_behaviour
 from flobc.trainer.config import TrainerConfig
 from flobc.trainer.journal import KEEP_ROUNDS, SENDING, SUBMITTED, Journal
 from flobc.trainer.loop import local_data, milli, round_seed, train_round
@@ -29,6 +30,11 @@ def config(tmp_path: Path, index: int, **kw: object) -> TrainerConfig:
 
 
 # --- Byzantine transforms ---------------------------------------------------------------
+
+
+def transform(name: str, delta: list[np.ndarray], *, scale: float | None = None,
+              seed: int = 0) -> list[np.ndarray]:
+    return make_behaviour(name, scale).delta(delta, np.random.default_rng(seed))
 
 
 def test_honest_keeps_the_delta():
@@ -53,7 +59,7 @@ def test_noise_is_large_seeded_and_keeps_shapes():
 
 
 def test_an_unknown_behaviour_is_refused():
-    with pytest.raises(ValueError, match="unknown behaviour 'evil'"):
+    with pytest.raises(UnknownChoice, match="unknown behaviour 'evil'; known: honest"):
         transform("evil", DELTA)
 
 

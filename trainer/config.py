@@ -78,7 +78,7 @@ class TrainerConfig:
         _check_int(self.local_epochs, "local_epochs", 1, self._where)
         _check_int(self.batch_size, "batch_size", 1, self._where)
         _check_int(self.seed, "seed", 0, self._where)
-        _check_choice(self.behaviour, "behaviour", BEHAVIOURS, self._where)
+        _check_choice(self.behaviour, "behaviour", BEHAVIOURS.names(), self._where)
         if self.behaviour_scale is not None:
             if self.behaviour == "honest":
                 raise ConfigError(f"{self._where}: behaviour_scale is only used with a "

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
@@ -39,7 +38,7 @@ from flobc.ml.partition import partition
 from flobc.ml.weights import all_finite, encode_weights
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.txs import MAX_ACCURACY_MILLI, MAX_U63, make_register, make_update
-from flobc.trainer.byzantine import transform
+from flobc.trainer.byzantine import make_behaviour
 from flobc.trainer.client import (
     ClientError,
     FLStatus,
@@ -50,6 +49,7 @@ from flobc.trainer.client import (
 from flobc.trainer.config import CONFIG_FILE, TrainerConfig
 from flobc.trainer.journal import ON_CHAIN, SENDING, SUBMITTED, Journal
 from flobc.trainer.resubmit import see_committed
+from flobc.trainer.update import LocalUpdate
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
 
 log = logging.getLogger("flobc.trainer")
@@ -72,21 +72,14 @@ class Outcome(Enum):
     """The base version is not certified yet."""
 
 
-@dataclass(frozen=True)
-class LocalUpdate:
-    delta: list[np.ndarray]
-    samples: int
-    loss: float
-    accuracy: float
-
-
 def round_seed(seed: int, partition_index: int, round_: int) -> int:
     """The training seed of one trainer in one round: reproducible, distinct per pair."""
     return int(np.random.SeedSequence([seed, partition_index, round_]).generate_state(1)[0])
 
 
 def local_data(cfg: TrainerConfig, split_seed: int) -> Dataset:
-    """This trainer's share of the training split (validators' hold-out never included)."""
+    """This trainer's share of the training split (validators' hold-out never included),
+    as its behaviour trains on it."""
     path = cfg.dataset_file
     try:
         train = split(load_dataset(cfg.dataset, None if path is None else str(path)),
@@ -95,7 +88,9 @@ def local_data(cfg: TrainerConfig, split_seed: int) -> Dataset:
                           **cfg.partitioner_options)
     except (DatasetError, ValueError, TypeError) as exc:
         raise TrainerError(f"cannot prepare the local data: {exc}") from exc
-    return train.subset(parts[cfg.partition_index])
+    own = train.subset(parts[cfg.partition_index])
+    return make_behaviour(cfg.behaviour, cfg.behaviour_scale).data(
+        own, np.random.default_rng([cfg.seed, cfg.partition_index]))
 
 
 def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: TrainerConfig,
@@ -106,8 +101,9 @@ def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: Train
     metrics = learner.fit(data.x, data.y, cfg.local_epochs, cfg.batch_size, seed)
     delta = [np.subtract(t, b, dtype=b.dtype)
              for t, b in zip(learner.get_weights(), base.weights, strict=True)]
-    delta = transform(cfg.behaviour, delta, scale=cfg.behaviour_scale, seed=seed)
-    return LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"])
+    behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
+    delta = behaviour.delta(delta, np.random.default_rng(seed))
+    return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
 
 
 def milli(value: float, high: int) -> int:

@@ -43,7 +43,7 @@ from flobc.ml.models import MODELS
 from flobc.ml.partition import parse_partition, partition_help
 from flobc.protocol.aggregation import AGGREGATORS
 from flobc.protocol.settings import ADMISSIONS, SYNC_SCHEMES
-from flobc.trainer.byzantine import BEHAVIOURS, DEFAULT_SCALE
+from flobc.trainer.byzantine import BEHAVIOURS
 
 HTTP_TIMEOUT_S = 10.0
 
@@ -388,12 +388,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     from flobc.launch.cluster import ClusterOptions, run_cluster
 
-    behaviours = {}
-    for item in args.byzantine or []:
-        index, sep, behaviour = item.partition(":")
-        if not sep or not index.isdigit():
-            raise LaunchError(f"--byzantine takes INDEX:BEHAVIOUR, e.g. 3:sign_flip; got {item!r}")
-        behaviours[int(index)] = behaviour
+    behaviours = dict(args.byzantine or [])
     return run_cluster(ClusterOptions(
         validators=args.validators, trainers=args.trainers, rounds=args.rounds,
         history=args.history, sync=args.sync, aggregator=args.aggregator,
@@ -448,6 +443,22 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
+
+
+def _byzantine(text: str) -> tuple[int, str]:
+    """``INDEX:NAME``: a trainer index and a registered behaviour."""
+    index, sep, name = text.partition(":")
+    if not sep or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not INDEX:BEHAVIOUR, e.g. 3:sign_flip")
+    if name not in BEHAVIOURS:
+        raise argparse.ArgumentTypeError(f"unknown behaviour {name!r} in {text!r}; known: "
+                                         f"{', '.join(BEHAVIOURS)}")
+    return int(index), name
+
+
+def _behaviour_scale_help() -> str:
+    return "; ".join(f"{name}: {kind.scale_help} (default {kind.default_scale:g})"
+                     for name in BEHAVIOURS if (kind := BEHAVIOURS.get(name)).scale_help)
 
 
 def _nonnegative_int(text: str) -> int:
@@ -589,12 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="local epochs per round (default: local_epochs in trainer.toml)")
     join.add_argument("--batch-size", type=_positive_int, metavar="N",
                       help="default: batch_size in trainer.toml")
-    join.add_argument("--behaviour", choices=BEHAVIOURS,
+    join.add_argument("--behaviour", choices=BEHAVIOURS.names(),
                       help="a Byzantine behaviour, for experiments (default: honest)")
     join.add_argument("--behaviour-scale", type=_positive_float, metavar="X",
-                      help="sign_flip: factor of the negated update (default "
-                      f"{DEFAULT_SCALE['sign_flip']:g}); noise: standard deviation of the "
-                      f"added noise (default {DEFAULT_SCALE['noise']:g})")
+                      help=_behaviour_scale_help())
     join.add_argument("--rounds", type=_positive_int, metavar="N",
                       help="leave after submitting updates in N rounds (default: never)")
     join.set_defaults(func=cmd_trainer_join)
@@ -670,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "updates (default: %(default)s)")
     up.add_argument("--epochs", type=_positive_int, default=1,
                     help="local epochs per round (default: %(default)s)")
-    up.add_argument("--byzantine", action="append", metavar="INDEX:BEHAVIOUR",
-                    help="make trainer INDEX misbehave (sign_flip or noise); repeatable")
+    up.add_argument("--byzantine", action="append", type=_byzantine, metavar="INDEX:BEHAVIOUR",
+                    help="make trainer INDEX misbehave "
+                    f"({', '.join(n for n in BEHAVIOURS if n != 'honest')}); repeatable")
     _add_model_options(up)
     up.add_argument("--keep", type=Path, metavar="DIR",
                     help="write the testnet to DIR and keep it (default: a temporary folder)")
