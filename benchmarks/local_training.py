@@ -6,9 +6,9 @@ For each setting and seed, in one process: mnist_cnn from its seeded initial wei
 the embedded sample split as a testnet splits it, 4 IID trainers (1,000 images each)
 training one local epoch per round with the trainers' own per-round seeds, and the 4
 validators' hold-out shards. Every update is scored on every shard and judged by the
-validators' own rule (``validator/fl/voter.decide``); an update that at least f + 1 = 2
-of the 4 would reject is left out of that round's FedAvg, as on the chain. Printed as
-one JSON object: per setting and seed, the honest updates rejected by a quorum
+validators' default rule (``chance_bound``); an update that at least f + 1 = 2 of the 4
+would reject is left out of that round's FedAvg, as on the chain. Printed as one JSON
+object: per setting and seed, the honest updates rejected by a quorum
 (``quorum_rejected``) and by at least one validator (``any_rejected``), the largest rise
 of an update's loss over its base on a shard, and test accuracy after each round.
 Settings differ only in the optimizer, so the comparison is side by side.
@@ -42,9 +42,8 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
     from flobc.ml.models import MODELS
     from flobc.ml.partition import iid
     from flobc.protocol.aggregation import fedavg
+    from flobc.protocol.validation import ChanceBound, Evaluation
     from flobc.trainer.loop import round_seed
-    from flobc.validator.fl.evaluator import Evaluation
-    from flobc.validator.fl.voter import decide
 
     model = MODELS["mnist_cnn"](seed)
     model.compile(optimizer=keras.optimizers.SGD(**optimizer),
@@ -70,8 +69,8 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
             rejects = 0
             for shard, base in zip(shards, bases, strict=True):
                 new = learner.evaluate(shard.x, shard.y)
-                accept, _ = decide(Evaluation(base["loss"], base["accuracy"], new["loss"],
-                                              new["accuracy"]))
+                accept, _ = ChanceBound().decide(Evaluation(
+                    base["loss"], base["accuracy"], new["loss"], new["accuracy"]))
                 rejects += not accept
                 largest_rise = max(largest_rise, new["loss"] - base["loss"])
             any_rejected += rejects > 0

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
             raise UnknownChoice(f"unknown {self.kind} {name!r}; known: "
                                 f"{', '.join(self._items)}") from None
 
+    def name_of(self, item: object) -> str:
+        """The name ``item`` is registered under."""
+        return next(name for name, known in self._items.items() if known is item)
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._items)
 

@@ -1,5 +1,6 @@
-"""A new aggregation rule or attack is one class and one registration: genesis or the
-command line selects it, and block execution or the trainer uses it."""
+"""A new aggregation rule, attack or validation rule is one class and one registration:
+genesis or the command line selects it, and block execution, the trainer or the
+validators' vote uses it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
+from flobc.config import ConfigError
 from flobc.crypto import sha256
 from flobc.launch.cli import build_parser
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Shares, Weights
 from flobc.protocol.settings import FLConfig
+from flobc.protocol.validation import VALIDATION_RULES, Evaluation, ValidationRule
 from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, make_behaviour
 from flobc.trainer.update import LocalUpdate
 
@@ -82,3 +85,39 @@ def test_a_registered_behaviour_is_offered_and_applied(zero: None) -> None:
     delta = attack.delta([np.ones((2, 2), dtype=np.float32)], np.random.default_rng(0))
     assert delta[0].dtype == np.float32 and delta[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
     assert attack.submit(LocalUpdate(delta, 5, 0.1, 0.9)).samples == 10
+
+
+@dataclass(frozen=True)
+class LossFloor(ValidationRule):
+    """Accepts an update whose loss is at most ``ceiling``, scoring it 7."""
+
+    ceiling: float = 1.0
+
+    def decide(self, e: Evaluation) -> tuple[bool, int]:
+        return e.new_loss <= self.ceiling, 7
+
+
+@pytest.fixture
+def loss_floor() -> Iterator[None]:
+    VALIDATION_RULES.add("loss_floor", LossFloor)
+    yield
+    VALIDATION_RULES.remove("loss_floor")
+
+
+def test_a_registered_validation_rule_is_selected_by_genesis(loss_floor: None) -> None:
+    app = {"model_v0_hash": sha256(b"v0").hex(), "admission": "open",
+           "validation": {"name": "loss_floor", "ceiling": 3.0}}
+    config = FLConfig.from_app(app)
+    assert config.validation == LossFloor(3.0)
+    assert FLConfig.from_app(config.to_app_dict()) == config
+    chance_bound = FLConfig(config.model_v0_hash, admission="open").validation
+    worse = Evaluation(base_loss=1.0, base_accuracy=0.9, new_loss=2.5, new_accuracy=0.5)
+    assert config.validation.decide(worse) == (True, 7)
+    assert chance_bound.decide(worse) == (False, -1500)
+    with pytest.raises(ConfigError, match="app.validation: unknown setting 'give_up' of "
+                                          "loss_floor; its settings: ceiling"):
+        FLConfig.from_app({**app, "validation": {"name": "loss_floor", "give_up": 0.5}})
+    with pytest.raises(ConfigError, match="app.validation.ceiling must be a finite number"):
+        FLConfig.from_app({**app, "validation": {"name": "loss_floor", "ceiling": "high"}})
+    with pytest.raises(ConfigError, match="app.validation.name: unknown validation rule"):
+        FLConfig.from_app({**app, "validation": {"name": "no_such_rule"}})

@@ -25,20 +25,12 @@ import pytest
 from flobc.ml.data import load_dataset, split
 from flobc.ml.partition import partition
 from flobc.ml.weights import encode_weights
-from flobc.validator.fl.evaluator import (
-    Evaluation,
-    Evaluator,
-    EvaluatorError,
-    EvaluatorSettings,
-)
-from flobc.validator.fl.voter import (
-    ACCURACY_SLACK,
-    CHANCE_ACCURACY,
-    CHANCE_LOSS,
-    GIVE_UP,
-    LOSS_SLACK,
-    decide,
-)
+from flobc.protocol.validation import CHANCE_ACCURACY, CHANCE_LOSS, ChanceBound, Evaluation
+from flobc.validator.fl.evaluator import Evaluator, EvaluatorError, EvaluatorSettings
+
+RULE = ChanceBound()
+decide = RULE.decide
+GIVE_UP, LOSS_SLACK, ACCURACY_SLACK = RULE.give_up, RULE.loss_slack, RULE.accuracy_slack
 
 VALIDATORS = 4
 ROUNDS = 4

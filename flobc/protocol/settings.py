@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flobc.config import ConfigError, Genesis
@@ -19,6 +19,7 @@ from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS, is_model_name
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator
+from flobc.protocol.validation import VALIDATION_RULES, ChanceBound, ValidationRule
 from flobc.registry import UnknownChoice
 
 MICRO = 1_000_000
@@ -64,6 +65,8 @@ class FLConfig:
     trust_threshold: int = 100_000
     max_update_norm: float = 1000.0
     max_blob_bytes: int = 4 * 1024 * 1024
+    validation: ValidationRule = ChanceBound()
+    """How validators judge an update; ``[app.validation]`` in genesis."""
 
     def __post_init__(self) -> None:
         _check_hash(self.model_v0_hash)
@@ -94,6 +97,8 @@ class FLConfig:
         _check(_is_number(self.max_update_norm) and 0 < self.max_update_norm < math.inf,
                "max_update_norm", "must be a positive finite number")
         _check_int(self.max_blob_bytes, "max_blob_bytes", 1, MAX_BLOB_BYTES)
+        _check(isinstance(self.validation, ValidationRule), "validation",
+               "must be a validation rule")
 
     def _check_trainers(self) -> None:
         _check(isinstance(self.trainers, tuple), "trainers", "must be a tuple of public keys")
@@ -144,6 +149,8 @@ class FLConfig:
         values = {k: v for k, v in app.items() if k != APP_NAME_KEY}
         if isinstance(values.get("aggregator"), dict):
             values.update(_aggregator_table(values.pop("aggregator"), values))
+        if "validation" in values:
+            values["validation"] = _validation_table(values["validation"])
         values["model_v0_hash"] = _hex(values["model_v0_hash"], "model_v0_hash", HASH_SIZE)
         trainers = values.get("trainers", [])
         if not isinstance(trainers, list):
@@ -157,6 +164,8 @@ class FLConfig:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["model_v0_hash"] = self.model_v0_hash.hex()
         out["trainers"] = [t.hex() for t in self.trainers]
+        out["validation"] = {"name": VALIDATION_RULES.name_of(type(self.validation)),
+                             **asdict(self.validation)}  # type: ignore[call-overload]
         return out
 
 
@@ -182,6 +191,30 @@ def _aggregator_table(table: dict[str, Any], flat: dict[str, Any]) -> dict[str, 
                               f"app.{rule.genesis_keys[key]}; keep one")
         out[rule.genesis_keys[key]] = value
     return out
+
+
+def _validation_table(table: Any) -> ValidationRule:
+    """``[app.validation]``: a rule's ``name`` and its settings (numbers, each one the
+    rule has; the others keep the rule's defaults)."""
+    known = ", ".join(VALIDATION_RULES.names())
+    if not isinstance(table, dict):
+        raise ConfigError(f"app.validation must be a table with a name (one of {known})")
+    name = table.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"app.validation.name is missing (one of {known})")
+    try:
+        rule = VALIDATION_RULES.get(name)
+    except UnknownChoice as e:
+        raise ConfigError(f"app.validation.name: {e}") from None
+    settings = {f.name for f in fields(rule)}  # type: ignore[arg-type]
+    values = {k: v for k, v in table.items() if k != "name"}
+    for key, value in values.items():
+        if key not in settings:
+            raise ConfigError(f"app.validation: unknown setting {key!r} of {name}; its "
+                              f"settings: {', '.join(sorted(settings)) or 'none'}")
+        _check(_is_number(value) and 0 <= value < math.inf, f"validation.{key}",
+               "must be a finite number, at least 0")
+    return rule(**values)
 
 
 def _check(ok: bool, name: str, message: str) -> None:

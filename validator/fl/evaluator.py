@@ -29,6 +29,7 @@ from typing import Any
 
 from flobc import codec
 from flobc.errors import ValidatorError
+from flobc.protocol.validation import Evaluation
 
 log = logging.getLogger("flobc.evaluator")
 
@@ -56,16 +57,6 @@ class EvaluatorSettings:
     max_blob_bytes: int
     dataset_file: str | None = None
     """The node's copy of the dataset when genesis names ``dataset = "file"``."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Loss and accuracy on the hold-out shard, of the base model and of base + delta."""
-
-    base_loss: float
-    base_accuracy: float
-    new_loss: float
-    new_accuracy: float
 
 
 @dataclass(frozen=True)

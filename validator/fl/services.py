@@ -44,7 +44,8 @@ class FLServices:
             shard_index=node.config.index, shard_count=len(node.genesis.validators),
             max_blob_bytes=config.max_blob_bytes,
             dataset_file=node_dataset_file(node.config, config))
-        self.voter = Voter(node.host, node.key, node.genesis.chain_id, Evaluator(settings))
+        self.voter = Voter(node.host, node.key, node.genesis.chain_id, Evaluator(settings),
+                           config.validation)
         self.panel = LearningPanel(node, self.app)
         self.events: LearningEvents | None = None
 

@@ -8,24 +8,8 @@ consensus keeps going while a model is being scored. When no update waits, it sc
 each committed model version on the test split, for the dashboard and metrics; votes
 never depend on those scores.
 
-The decision rule (``decide``) compares the trainer's model, base + delta, with the
-base model on this validator's hold-out shard. An update may give up at most GIVE_UP of
-the base model's advantage over chance, in loss and in accuracy, plus a small slack
-(both models are scored on the same images, so the difference is not very noisy):
-
-    new_loss <= base_loss + GIVE_UP * max(CHANCE_LOSS - base_loss, 0) + LOSS_SLACK
-    new_accuracy >= base_accuracy - GIVE_UP * max(base_accuracy - CHANCE_ACCURACY, 0)
-                    - ACCURACY_SLACK
-
-Why not a fixed ratio: one epoch of SGD at the zoo's learning rate leaves an honest
-model noisy late in training (seen on mnist_cnn: loss 0.17 -> 0.63, accuracy 0.97 ->
-0.78 on a shard), while in round 1, where the base is at chance, an update
-sign-flipped and scaled x4 raises the loss by as little as 0.025 to 0.1 when trainers
-hold 1,000 samples each (an honest one lowers it by 0.1 to 0.8). Measured against
-chance, the first is well inside the bound and the second outside it, which is why the
-slack is small; sign-flipped updates in later rounds (loss 4 to 13) and N(0, 1) noise
-(loss in the thousands) are far outside. The score is the loss improvement in
-thousandths.
+The decision is genesis's validation rule (flobc.protocol.validation): it compares the
+trainer's model, base + delta, with the base model on this validator's hold-out shard.
 
 Rounds end at a deadline in block time, but an idle chain makes no blocks; so once the
 local clock is past the open round's deadline and no block has closed it, the voter
@@ -42,26 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.mempool import FULL
 from flobc.crypto import PrivateKey
-from flobc.ml.data import N_CLASSES
 from flobc.protocol.state import PENDING, read_meta, read_model, round_updates
-from flobc.protocol.txs import SCORE_RANGE, make_close, make_vote
-from flobc.validator.fl.evaluator import Evaluation, Evaluator, EvaluatorError, Score
+from flobc.protocol.txs import make_close, make_vote
+from flobc.protocol.validation import Evaluation, ValidationRule
+from flobc.validator.fl.evaluator import Evaluator, EvaluatorError, Score
 
 log = logging.getLogger("flobc.voter")
 
-CHANCE_LOSS = math.log(N_CLASSES)
-"""Cross-entropy of a model that knows nothing (a uniform guess)."""
-CHANCE_ACCURACY = 1 / N_CLASSES
-GIVE_UP = 0.5
-LOSS_SLACK = 0.02
-ACCURACY_SLACK = 0.05
 CLOSE_MARGIN_MS = 1000
 """How far past a deadline (local clock) the first close is sent: block time is the
 primary's clock, and a close that lands before the deadline is skipped."""
@@ -69,18 +46,6 @@ CLOSE_STAGGER_MS = 1000
 """How long each validator in turn waits for the one before it to close a round."""
 SCORES_KEPT = 1000
 """Test-split scores are kept for this many latest model versions."""
-
-
-def decide(e: Evaluation) -> tuple[bool, int]:
-    """(accept, score_milli) for one evaluation; see the module docstring."""
-    loss_bound = e.base_loss + GIVE_UP * max(CHANCE_LOSS - e.base_loss, 0) + LOSS_SLACK
-    accuracy_bound = (e.base_accuracy - GIVE_UP * max(e.base_accuracy - CHANCE_ACCURACY, 0)
-                      - ACCURACY_SLACK)
-    accept = (math.isfinite(e.new_loss) and e.new_loss <= loss_bound
-              and e.new_accuracy >= accuracy_bound)
-    gain = e.base_loss - e.new_loss
-    score = round(gain * 1000) if math.isfinite(gain) else SCORE_RANGE[0]
-    return accept, min(max(score, SCORE_RANGE[0]), SCORE_RANGE[1])
 
 
 @dataclass(frozen=True)
@@ -95,11 +60,12 @@ class Voter:
     """Runs beside consensus on the node's event loop; see the module docstring."""
 
     def __init__(self, host: ReplicaHost, key: PrivateKey, chain_id: str,
-                 evaluator: Evaluator) -> None:
+                 evaluator: Evaluator, rule: ValidationRule) -> None:
         self._host = host
         self._key = key
         self._chain_id = chain_id
         self._evaluator = evaluator
+        self._rule = rule
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="flobc-evaluate")
         self._vote_wake = asyncio.Event()
         self._close_wake = asyncio.Event()
@@ -243,7 +209,7 @@ class Voter:
 
     def _submit_vote(self, job: _Job, e: Evaluation) -> bool:
         """Sign and submit the vote; False if it must wait (the mempool is full)."""
-        accept, score = decide(e)
+        accept, score = self._rule.decide(e)
         tx = make_vote(self._key, self._chain_id, job.round, job.trainer, job.blob, accept,
                        score)
         _, reason = self._host.submit_tx(tx)
