@@ -1,6 +1,6 @@
-"""A new aggregation rule, attack or validation rule is one class and one registration:
-genesis or the command line selects it, and block execution, the trainer or the
-validators' vote uses it."""
+"""A new aggregation rule, attack, validation rule or sync scheme is one class and one
+registration: genesis or the command line selects it, and block execution, the trainer
+or the validators' vote uses it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from flobc.crypto import sha256
 from flobc.launch.cli import build_parser
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Shares, Weights
 from flobc.protocol.settings import FLConfig
+from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme, SyncSettings
 from flobc.protocol.validation import VALIDATION_RULES, Evaluation, ValidationRule
 from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, make_behaviour
 from flobc.trainer.update import LocalUpdate
@@ -121,3 +122,34 @@ def test_a_registered_validation_rule_is_selected_by_genesis(loss_floor: None) -
         FLConfig.from_app({**app, "validation": {"name": "loss_floor", "ceiling": "high"}})
     with pytest.raises(ConfigError, match="app.validation.name: unknown validation rule"):
         FLConfig.from_app({**app, "validation": {"name": "no_such_rule"}})
+
+
+class Eager(SyncScheme):
+    """Closes a round as soon as one update is decided."""
+
+    def enough_decided(self, config: SyncSettings, expected: int, decided: int) -> bool:
+        return decided >= 1
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    SYNC_SCHEMES.add("eager", Eager)
+    yield
+    SYNC_SCHEMES.remove("eager")
+
+
+def test_a_registered_sync_scheme_is_selected_by_genesis(eager: None) -> None:
+    app = {"model_v0_hash": sha256(b"v0").hex(), "admission": "open",
+           "sync": {"name": "eager", "staleness": 5}}
+    config = FLConfig.from_app(app)
+    assert (config.sync, config.staleness, type(config.scheme)) == ("eager", 5, Eager)
+    assert config.scheme.enough_decided(config, expected=4, decided=1)
+    assert config.scheme.base_problem(config, version=7, base=2) is None
+    assert "the limit is 5 (eager)" in str(config.scheme.base_problem(config, 8, 2))
+    bsp = FLConfig(config.model_v0_hash, admission="open")
+    assert not bsp.scheme.enough_decided(bsp, expected=4, decided=1)
+    assert build_parser().parse_args(["cluster", "up", "--sync", "eager"]).sync == "eager"
+    with pytest.raises(ConfigError, match="app.sync: unknown setting 'alpha' of eager"):
+        FLConfig.from_app({**app, "sync": {"name": "eager", "alpha": 0.5}})
+    ssp = FLConfig.from_app({**app, "sync": {"name": "ssp", "min_fraction": 0.5}})
+    assert (ssp.sync, ssp.ssp_min_fraction) == ("ssp", 0.5)

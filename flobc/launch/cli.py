@@ -42,7 +42,8 @@ from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS
 from flobc.ml.partition import parse_partition, partition_help
 from flobc.protocol.aggregation import AGGREGATORS
-from flobc.protocol.settings import ADMISSIONS, SYNC_SCHEMES
+from flobc.protocol.settings import ADMISSIONS
+from flobc.protocol.sync import SYNC_SCHEMES
 from flobc.trainer.byzantine import BEHAVIOURS
 
 HTTP_TIMEOUT_S = 10.0
@@ -487,7 +488,7 @@ def _add_fl_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--seed", type=_nonnegative_int, metavar="S",
                        help="seed of version 0 and of the data split "
                        f"(default: {defaults.seed})")
-    group.add_argument("--sync", choices=SYNC_SCHEMES,
+    group.add_argument("--sync", choices=SYNC_SCHEMES.names(),
                        help=f"sync scheme (default: {defaults.sync})")
     group.add_argument("--aggregator", choices=AGGREGATORS.names(),
                        help=f"aggregation rule (default: {defaults.aggregator})")
@@ -671,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rounds", type=_positive_int, help="stop after this many rounds")
     up.add_argument("--history", type=Path, metavar="FILE",
                     help="write the rounds to FILE as JSON as they commit")
-    up.add_argument("--sync", choices=SYNC_SCHEMES, default="bsp")
+    up.add_argument("--sync", choices=SYNC_SCHEMES.names(), default="bsp")
     up.add_argument("--aggregator", choices=AGGREGATORS.names(), default="fedavg",
                     help="aggregation rule (default: %(default)s)")
     up.add_argument("--round-deadline-ms", type=_positive_int, default=60_000,

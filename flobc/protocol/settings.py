@@ -19,12 +19,12 @@ from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS, is_model_name
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator
+from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme
 from flobc.protocol.validation import VALIDATION_RULES, ChanceBound, ValidationRule
-from flobc.registry import UnknownChoice
+from flobc.registry import Registry, UnknownChoice
 
 MICRO = 1_000_000
 ADMISSIONS = ("allowlist", "open")
-SYNC_SCHEMES = ("bsp", "ssp", "bap")
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_STALENESS = 1000
 MAX_BLOB_BYTES = 256 * 1024 * 1024
@@ -79,7 +79,7 @@ class FLConfig:
                f"got {self.dataset!r}")
         _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}")
         self._check_trainers()
-        _check(self.sync in SYNC_SCHEMES, "sync", f"must be one of {SYNC_SCHEMES}")
+        _check(self.sync in SYNC_SCHEMES, "sync", f"must be one of {SYNC_SCHEMES.names()}")
         _check_int(self.staleness, "staleness", 0, MAX_STALENESS)
         _check_fraction(self.ssp_min_fraction, "ssp_min_fraction", low_open=True)
         _check_fraction(self.bap_alpha, "bap_alpha", low_open=True)
@@ -121,6 +121,11 @@ class FLConfig:
     def bap_alpha_micro(self) -> int:
         return round(self.bap_alpha * MICRO)
 
+    @property
+    def scheme(self) -> SyncScheme:
+        """The sync scheme's rules."""
+        return SYNC_SCHEMES.get(self.sync)()
+
     def make_aggregator(self) -> Aggregator:
         """The aggregation rule with its settings."""
         rule = AGGREGATORS.get(self.aggregator)
@@ -148,7 +153,10 @@ class FLConfig:
             raise ConfigError("app.model_v0_hash is missing (SHA-256 of genesis-model.bin)")
         values = {k: v for k, v in app.items() if k != APP_NAME_KEY}
         if isinstance(values.get("aggregator"), dict):
-            values.update(_aggregator_table(values.pop("aggregator"), values))
+            values.update(_rule_table("aggregator", AGGREGATORS, values.pop("aggregator"),
+                                      values))
+        if isinstance(values.get("sync"), dict):
+            values.update(_rule_table("sync", SYNC_SCHEMES, values.pop("sync"), values))
         if "validation" in values:
             values["validation"] = _validation_table(values["validation"])
         values["model_v0_hash"] = _hex(values["model_v0_hash"], "model_v0_hash", HASH_SIZE)
@@ -169,27 +177,27 @@ class FLConfig:
         return out
 
 
-def _aggregator_table(table: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
-    """``[app.aggregator]`` (``name`` and that rule's settings) as the flat settings."""
+def _rule_table(key: str, registry: Registry[Any], table: dict[str, Any],
+                flat: dict[str, Any]) -> dict[str, Any]:
+    """``[app.<key>]`` (``name`` and that choice's settings) as the flat settings."""
     name = table.get("name")
     if not isinstance(name, str):
-        raise ConfigError("app.aggregator.name is missing (one of "
-                          f"{', '.join(AGGREGATORS.names())})")
+        raise ConfigError(f"app.{key}.name is missing (one of {', '.join(registry.names())})")
     try:
-        rule = AGGREGATORS.get(name)
+        rule = registry.get(name)
     except UnknownChoice as e:
-        raise ConfigError(f"app.aggregator.name: {e}") from None
-    out: dict[str, Any] = {"aggregator": name}
-    for key, value in table.items():
-        if key == "name":
+        raise ConfigError(f"app.{key}.name: {e}") from None
+    out: dict[str, Any] = {key: name}
+    for setting, value in table.items():
+        if setting == "name":
             continue
-        if key not in rule.genesis_keys:
-            raise ConfigError(f"app.aggregator: unknown setting {key!r} of {name}; its "
+        if setting not in rule.genesis_keys:
+            raise ConfigError(f"app.{key}: unknown setting {setting!r} of {name}; its "
                               f"settings: {', '.join(rule.genesis_keys) or 'none'}")
-        if rule.genesis_keys[key] in flat:
-            raise ConfigError(f"app.aggregator.{key} is also set as "
-                              f"app.{rule.genesis_keys[key]}; keep one")
-        out[rule.genesis_keys[key]] = value
+        if rule.genesis_keys[setting] in flat:
+            raise ConfigError(f"app.{key}.{setting} is also set as "
+                              f"app.{rule.genesis_keys[setting]}; keep one")
+        out[rule.genesis_keys[setting]] = value
     return out
 
 

@@ -33,7 +33,6 @@ from flobc.protocol.state import (
     write_meta,
     write_model,
 )
-from flobc.protocol.sync import enough_decided, extends_at_deadline
 
 
 def model_weights(state: CommittedState, version: int, spec: Spec) -> Weights:
@@ -110,10 +109,11 @@ def _aggregate(config: FLConfig, spec: Spec, state: BlockState, meta: Meta, heig
 
 def close_round(config: FLConfig, spec: Spec, state: BlockState, meta: Meta, height: int,
                 time_ms: int) -> None:
-    """End ``meta.round`` and open the next one on the latest version. BAP merged its
-    accepted updates as they were decided, so its rounds end without a new version."""
+    """End ``meta.round`` and open the next one on the latest version. A scheme that
+    merges on accept (BAP) merged the round's accepted updates as they were decided, so
+    its rounds end without a new version."""
     version = meta.version
-    if config.sync != "bap":
+    if not config.scheme.merges_on_accept:
         version = _aggregate(config, spec, state, meta, height, time_ms)
     _open(config, state, meta.round + 1, version, time_ms)
 
@@ -131,8 +131,8 @@ def _progress(state: CommittedState, meta: Meta) -> tuple[int, int]:
 
 def deadline_passed(config: FLConfig, spec: Spec, state: BlockState, meta: Meta,
                     height: int, time_ms: int) -> None:
-    """At the deadline: SSP may extend the round once; otherwise it closes."""
-    if extends_at_deadline(config, meta, _progress(state, meta)[1]):
+    """At the deadline the scheme may extend the round (SSP, once); otherwise it closes."""
+    if config.scheme.extends_at_deadline(config, meta, _progress(state, meta)[1]):
         write_meta(state, replace(meta, deadline_ms=meta.deadline_ms + config.round_deadline_ms,
                                   extended=True))
     else:
@@ -144,7 +144,7 @@ def settle(config: FLConfig, spec: Spec, state: BlockState, height: int, time_ms
     meta = read_meta(state)
     assert meta is not None, "settle runs after start_chain"
     decided, _ = _progress(state, meta)
-    if enough_decided(config, len(meta.expected), decided):
+    if config.scheme.enough_decided(config, len(meta.expected), decided):
         close_round(config, spec, state, meta, height, time_ms)
     elif time_ms >= meta.deadline_ms:
         deadline_passed(config, spec, state, meta, height, time_ms)

@@ -29,7 +29,6 @@ from flobc.protocol.state import (
     write_trainer,
     write_update,
 )
-from flobc.protocol.sync import base_problem
 from flobc.protocol.txs import Close, FLTx, Register, Update, Vote
 from flobc.validator.fl.rounds import deadline_passed, merge_now
 
@@ -119,7 +118,7 @@ def _update_problem(params: ChainParams, tx: Update, state: CommittedState,
                 f"under the threshold {config.trust_threshold})")
     if tx.round != meta.round:
         return f"update is for round {tx.round}, but round {meta.round} is open"
-    base = base_problem(config, meta.version, tx.base_version)
+    base = config.scheme.base_problem(config, meta.version, tx.base_version)
     if base:
         return base
     if read_update(state, tx.round, tx.signer) is not None:
@@ -168,8 +167,8 @@ def _vote_problem(params: ChainParams, tx: Vote, state: CommittedState,
 
 def _vote(params: ChainParams, tx: Vote, state: BlockState, height: int,
           time_ms: int) -> None:
-    """Count the vote; an update decided by it moves its trainer's trust, and under BAP
-    an accepted one is merged at once."""
+    """Count the vote; an update decided by it moves its trainer's trust, and under a
+    scheme that merges on accept (BAP) an accepted one is merged at once."""
     update = read_update(state, tx.round, tx.trainer)
     assert update is not None, "checked by _vote_problem"
     update = replace(update, votes={**update.votes, tx.signer: (tx.accept, tx.score_milli)})
@@ -182,7 +181,7 @@ def _vote(params: ChainParams, tx: Vote, state: BlockState, height: int,
     if update.status == PENDING:
         return
     _judge(params.config, state, tx.trainer, update.status == ACCEPTED)
-    if update.status == ACCEPTED and params.config.sync == "bap":
+    if update.status == ACCEPTED and params.config.scheme.merges_on_accept:
         merge_now(params.config, params.spec, state, tx.trainer, update, height, time_ms)
 
 
