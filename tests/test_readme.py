@@ -25,6 +25,7 @@ import pytest
 from flobc.config import ConsensusParams, Genesis, NodeConfig, _toml_value
 from flobc.launch.cli import build_parser
 from flobc.protocol.settings import FLConfig
+from flobc.protocol.validation import ValidationRule
 from flobc.trainer.config import TrainerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +220,8 @@ def documented_default(f: dataclasses.Field) -> str:
     value: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if value is None:
         return "(unset)"
+    if isinstance(value, ValidationRule):
+        value = value.table()
     return "`{}`" if value == {} else f"`{_toml_value(value)}`"
 
 

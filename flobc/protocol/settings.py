@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from flobc.config import ConfigError, Genesis
@@ -172,8 +172,7 @@ class FLConfig:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["model_v0_hash"] = self.model_v0_hash.hex()
         out["trainers"] = [t.hex() for t in self.trainers]
-        out["validation"] = {"name": VALIDATION_RULES.name_of(type(self.validation)),
-                             **asdict(self.validation)}  # type: ignore[call-overload]
+        out["validation"] = self.validation.table()
         return out
 
 

@@ -9,7 +9,7 @@ answers (accept, score in thousandths); a new rule is one class registered here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from flobc.ml.data import N_CLASSES
 from flobc.protocol.txs import SCORE_RANGE
@@ -43,6 +43,11 @@ class ValidationRule:
     def decide(self, e: Evaluation) -> tuple[bool, int]:
         """(accept, score_milli) for one evaluation."""
         raise NotImplementedError
+
+    def table(self) -> dict[str, object]:
+        """The rule as its genesis ``[app.validation]`` table: its name and settings."""
+        return {"name": VALIDATION_RULES.name_of(type(self)),
+                **asdict(self)}  # type: ignore[call-overload]
 
 
 VALIDATION_RULES: Registry[type[ValidationRule]] = Registry("validation rule")
