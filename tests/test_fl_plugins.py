@@ -17,7 +17,7 @@ from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Sh
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme, SyncSettings
 from flobc.protocol.validation import VALIDATION_RULES, Evaluation, ValidationRule
-from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, make_behaviour
+from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, RoundView, make_behaviour
 from flobc.trainer.update import LocalUpdate
 
 
@@ -60,8 +60,8 @@ def test_the_command_line_offers_a_registered_aggregator(keep_base: None) -> Non
 class Zero(Behaviour):
     """Submits a delta of zeros and claims twice its samples."""
 
-    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator
-              ) -> list[np.ndarray]:
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
+              view: RoundView) -> list[np.ndarray]:
         return [np.zeros_like(d) for d in delta]
 
     def submit(self, update: LocalUpdate) -> LocalUpdate:
@@ -83,7 +83,8 @@ def test_a_registered_behaviour_is_offered_and_applied(zero: None) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["cluster", "up", "--byzantine", "1:no_such_attack"])
     attack = make_behaviour("zero")
-    delta = attack.delta([np.ones((2, 2), dtype=np.float32)], np.random.default_rng(0))
+    delta = attack.delta([np.ones((2, 2), dtype=np.float32)], np.random.default_rng(0),
+                         RoundView(1))
     assert delta[0].dtype == np.float32 and delta[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
     assert attack.submit(LocalUpdate(delta, 5, 0.1, 0.9)).samples == 10
 

@@ -15,7 +15,7 @@ from flobc.ml.learner import KerasLearner
 from flobc.ml.models import build_model, initial_weights
 from flobc.ml.weights import spec
 from flobc.registry import UnknownChoice
-from flobc.trainer.byzantine import make_behaviour
+from flobc.trainer.byzantine import RoundView, make_behaviour
 from flobc.trainer.config import TrainerConfig
 from flobc.trainer.journal import KEEP_ROUNDS, SENDING, SUBMITTED, Journal
 from flobc.trainer.loop import local_data, milli, round_seed, train_round
@@ -34,7 +34,7 @@ def config(tmp_path: Path, index: int, **kw: object) -> TrainerConfig:
 
 def transform(name: str, delta: list[np.ndarray], *, scale: float | None = None,
               seed: int = 0) -> list[np.ndarray]:
-    return make_behaviour(name, scale).delta(delta, np.random.default_rng(seed))
+    return make_behaviour(name, scale).delta(delta, np.random.default_rng(seed), RoundView(1))
 
 
 def test_honest_keeps_the_delta():

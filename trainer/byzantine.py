@@ -3,15 +3,17 @@
 A behaviour is one class in ``BEHAVIOURS``. It may change the trainer's local data
 before training, the trained delta, or the update as submitted (samples and metrics);
 each hook's default leaves its input alone, so a behaviour overrides only what it
-corrupts. The built-in attacks train honestly and corrupt the delta, so the update still
-passes every cheap check (shapes, dtypes, finite values) and only the validators'
-evaluation on held-out data can reject it.
+corrupts. What it may know of the round beyond its own work (the other trainers'
+deltas, for colluding and copying attacks) comes in a ``RoundView``. The built-in
+attacks train honestly and corrupt the delta, so the update still passes every cheap
+check (shapes, dtypes, finite values) and only the validators' evaluation on held-out
+data can reject it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +21,22 @@ import numpy as np
 from flobc.ml.data import Dataset
 from flobc.registry import Registry
 from flobc.trainer.update import LocalUpdate
+
+
+def _no_peers() -> list[list[np.ndarray]]:
+    return []
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What a behaviour may see of the round it submits to."""
+
+    round: int
+    peers: Callable[[], list[list[np.ndarray]]] = field(default=_no_peers)
+    """Other trainers' deltas for this round, computed only when asked for: in the
+    experiment harness every honest trainer's actual delta (the worst case); on a live
+    chain what the trainer can learn itself (an estimate from its own data, or
+    updates already submitted)."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +54,8 @@ class Behaviour:
         """The local data trained on."""
         return data
 
-    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator
-              ) -> list[np.ndarray]:
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
+              view: RoundView) -> list[np.ndarray]:
         """The delta to submit, in the trained delta's dtypes and shapes."""
         return [np.array(d) for d in delta]
 
@@ -57,8 +75,8 @@ class SignFlip(Behaviour):
     default_scale = 4.0
     scale_help = "factor of the negated update"
 
-    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator
-              ) -> list[np.ndarray]:
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
+              view: RoundView) -> list[np.ndarray]:
         return [(-self.scale * d).astype(d.dtype) for d in delta]
 
 
@@ -68,8 +86,8 @@ class Noise(Behaviour):
 
     scale_help = "standard deviation of the added noise"
 
-    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator
-              ) -> list[np.ndarray]:
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
+              view: RoundView) -> list[np.ndarray]:
         return [(d + rng.normal(0.0, self.scale, d.shape)).astype(d.dtype) for d in delta]
 
 

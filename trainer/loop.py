@@ -38,7 +38,7 @@ from flobc.ml.partition import partition
 from flobc.ml.weights import all_finite, encode_weights
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.txs import MAX_ACCURACY_MILLI, MAX_U63, make_register, make_update
-from flobc.trainer.byzantine import make_behaviour
+from flobc.trainer.byzantine import RoundView, make_behaviour
 from flobc.trainer.client import (
     ClientError,
     FLStatus,
@@ -102,7 +102,7 @@ def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: Train
     delta = [np.subtract(t, b, dtype=b.dtype)
              for t, b in zip(learner.get_weights(), base.weights, strict=True)]
     behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
-    delta = behaviour.delta(delta, np.random.default_rng(seed))
+    delta = behaviour.delta(delta, np.random.default_rng(seed), RoundView(round_))
     return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
 
 

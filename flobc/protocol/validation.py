@@ -1,15 +1,24 @@
-"""How a validator judges an update it evaluated: the validation rules, by name.
+"""How a validator judges the updates of a round: the validation rules, by name.
 
 Votes are cast off-chain, but every validator should judge by the same rule, so genesis
 names it in ``[app.validation]`` (``name`` and the rule's settings, its dataclass
-fields). A rule sees only the two models' scores on the validator's hold-out shard and
-answers (accept, score in thousandths); a new rule is one class registered here.
+fields). A rule's ``judge`` gets the round's base weights, the round's candidate updates
+(those not rejected), which of them to vote on, and a ``Scorer`` that scores any weights
+on the validator's hold-out shard; it answers a ``Verdict`` per update. A rule that
+looks at one update at a time implements ``decide`` on the base's and base + delta's
+scores; a rule that compares an update with the others of its round sets
+``round_wise``, so the voter waits for the round's updates before voting. A new rule is
+one class registered here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
 
 from flobc.ml.data import N_CLASSES
 from flobc.protocol.txs import SCORE_RANGE
@@ -30,6 +39,42 @@ class Evaluation:
     new_accuracy: float
 
 
+Metrics = Mapping[str, float]
+"""A model's scores on a data set: always ``loss`` (lower is better), and the task's
+other metrics by name (``accuracy`` for classification)."""
+
+
+class Scorer(Protocol):
+    """Scores weights on the validator's hold-out shard."""
+
+    def __call__(self, weights: Sequence[np.ndarray]) -> Metrics: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An update of the round being judged: its trainer, its delta (relative to the
+    round's base) and the sample count it claims."""
+
+    trainer: bytes
+    delta: Sequence[np.ndarray]
+    samples: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A validator's vote on one update: accept or reject, and a score in thousandths
+    (carried on chain for reporting; only ``accept`` is counted)."""
+
+    accept: bool
+    score_milli: int
+
+
+def plus(base: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``base + delta``, summed in float64 and cast back to each tensor's dtype."""
+    return [(np.asarray(b, dtype=np.float64) + d).astype(b.dtype)
+            for b, d in zip(base, delta, strict=True)]
+
+
 def loss_gain_milli(e: Evaluation) -> int:
     """The loss improvement in thousandths, clamped to what a vote can carry."""
     gain = e.base_loss - e.new_loss
@@ -38,10 +83,29 @@ def loss_gain_milli(e: Evaluation) -> int:
 
 
 class ValidationRule:
-    """One way of judging an evaluated update; settings are the dataclass fields."""
+    """One way of judging a round's updates; settings are the dataclass fields."""
+
+    round_wise: ClassVar[bool] = False
+    """True when an update is judged against the round's other candidates."""
+
+    def judge(self, base: Sequence[np.ndarray], candidates: Sequence[Candidate],
+              todo: Sequence[bytes], score: Scorer) -> dict[bytes, Verdict]:
+        """A verdict for each trainer in ``todo`` (all of whose updates are among
+        ``candidates``). By default, each update alone: ``decide`` on the base's and
+        base + delta's scores."""
+        base_metrics = score(base)
+        by_trainer = {c.trainer: c for c in candidates}
+        verdicts = {}
+        for trainer in todo:
+            new = score(plus(base, by_trainer[trainer].delta))
+            e = Evaluation(base_metrics["loss"], base_metrics.get("accuracy", 0.0),
+                           new["loss"], new.get("accuracy", 0.0))
+            verdicts[trainer] = Verdict(*self.decide(e))
+        return verdicts
 
     def decide(self, e: Evaluation) -> tuple[bool, int]:
-        """(accept, score_milli) for one evaluation."""
+        """(accept, score_milli) for one evaluation, for rules that judge each update
+        alone."""
         raise NotImplementedError
 
     def table(self) -> dict[str, object]:
