@@ -9,6 +9,8 @@ promised to be bit-exact: only aggregation, done in numpy, has to be.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -102,6 +104,19 @@ class KerasLearner:
             loss -= float(np.log(np.clip(picked, PROB_EPSILON, 1.0)).sum())
             correct += int((probs.argmax(axis=1) == labels).sum())
         return {"loss": loss / len(x), "accuracy": correct / len(x)}
+
+
+def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray
+                 ) -> Callable[[Sequence[np.ndarray]], dict[str, float]]:
+    """Scores weights on (x, y) with ``learner``: the metrics of ``evaluate``, a loss
+    that is not finite counted as infinite (a validation rule's ``Scorer``)."""
+    def score(weights: Sequence[np.ndarray]) -> dict[str, float]:
+        learner.set_weights(list(weights))
+        metrics = dict(learner.evaluate(x, y))
+        if not math.isfinite(metrics["loss"]):
+            metrics["loss"] = math.inf
+        return metrics
+    return score
 
 
 def learner_for(model: str, seed: int, *, single_thread: bool = False) -> Learner:
