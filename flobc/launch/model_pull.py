@@ -1,4 +1,4 @@
-"""``flobc model pull``: a committed model version as a Keras file, trusted only once verified.
+"""``flobc model pull``: a committed model version as a model file, trusted only once verified.
 
 The weights come from any of the given validators, and nothing they say is believed:
 ``flobc.trainer.verify.ModelStore`` checks the checkpoint certificate and the Merkle
@@ -6,8 +6,9 @@ proof of the record ``fl/model/<v>`` against the genesis validator keys, and the
 weights' SHA-256 against the proven record, exactly as a trainer does before it
 trains. Verification is always on: an unverified copy is one HTTP GET of
 ``/fl/models/{v}/weights`` away and needs no command. Only then is the model named in
-genesis built, given the weights and saved as a ``.keras`` file that
-``keras.models.load_model`` opens.
+genesis built (by the learner factory every trainer and validator uses), given the
+weights and saved in its framework's file format (a ``.keras`` file that
+``keras.models.load_model`` opens, for a Keras model).
 """
 
 from __future__ import annotations
@@ -19,18 +20,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flobc.config import ConfigError, Genesis
 from flobc.consensus.light import VerificationError
 from flobc.errors import LaunchError
 from flobc.launch.testnet import GENESIS_MODEL
+from flobc.ml.learner import Learner
 from flobc.protocol.settings import FLConfig
 from flobc.trainer.client import ClientError, ValidatorClient
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
-
-if TYPE_CHECKING:
-    import keras
 
 CERTIFY_WAIT_S = 30.0
 """How long to wait for a stable checkpoint to cover an existing version."""
@@ -50,40 +48,40 @@ class PulledModel:
     path: Path
 
 
-def build(fl: FLConfig) -> keras.Model:
-    """The compiled model genesis names, with its seeded initial weights."""
+def build(fl: FLConfig) -> Learner:
+    """The learner of the model genesis names, with its seeded initial weights."""
     # Nothing is computed here, only built and saved: oneDNN's numerics do not matter,
     # and turning it off silences the notice TensorFlow prints about them on import.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from flobc.ml.models import build_model
+    from flobc.ml.learner import learner_for
 
     try:
-        return build_model(fl.model, fl.seed)
+        return learner_for(fl.model, fl.seed)
     except ValueError as exc:
         raise ConfigError(f"genesis model: {exc}") from exc
 
 
 def genesis_model(genesis: Genesis, genesis_path: Path, fl: FLConfig
-                  ) -> tuple[VerifiedModel, keras.Model | None]:
+                  ) -> tuple[VerifiedModel, Learner | None]:
     """Version 0, checked against ``model_v0_hash``: from ``genesis-model.bin`` beside the
     genesis, else rebuilt from the model name and seed (then also returned, built)."""
     from flobc.ml.weights import encode_weights
 
     beside = genesis_path.parent / GENESIS_MODEL
-    model = None
+    learner = None
     if beside.is_file():
         blob = beside.read_bytes()
     else:
-        model = build(fl)
-        blob = encode_weights(model.get_weights())
+        learner = build(fl)
+        blob = encode_weights(learner.get_weights())
     try:
         v0 = verify_genesis_model(genesis, fl.model_v0_hash, blob, max_bytes=fl.max_blob_bytes)
     except VerificationError as exc:
-        source = str(beside) if model is None else (
+        source = str(beside) if learner is None else (
             f"version 0 rebuilt from model {fl.model!r} and seed {fl.seed} (there is no "
             f"{beside})")
         raise VerificationError(f"{source}: {exc}") from exc
-    return v0, model
+    return v0, learner
 
 
 def fetch_verified(store: ModelStore, client: ValidatorClient, version: int | None,
@@ -107,12 +105,13 @@ def fetch_verified(store: ModelStore, client: ValidatorClient, version: int | No
     return model
 
 
-def save_keras(model: keras.Model, out: Path) -> None:
+def save(learner: Learner, out: Path) -> None:
     """Write ``out`` in one step: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".keras")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.",
+                               suffix=learner.file_suffix)
     os.close(fd)
     try:
-        model.save(tmp)
+        learner.save(tmp)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,7 +127,7 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
         raise LaunchError(f"{out.parent} is not a folder")
     genesis = Genesis.load(genesis_path)
     fl = FLConfig.from_genesis(genesis, genesis_path)
-    v0, model = genesis_model(genesis, genesis_path, fl)
+    v0, learner = genesis_model(genesis, genesis_path, fl)
     with ValidatorClient(list(urls), max_blob_bytes=fl.max_blob_bytes) as client, \
             tempfile.TemporaryDirectory(prefix="flobc-pull-") as scratch:
         # The store keeps what it verified in a home; this one is thrown away.
@@ -140,14 +139,13 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
         except VerificationError as exc:
             raise VerificationError(f"{exc} (checked against the keys in {genesis_path})"
                                     ) from exc
-    from flobc.ml.learner import KerasLearner
     from flobc.ml.weights import WeightsError
 
-    model = model or build(fl)
+    learner = learner or build(fl)
     try:
-        KerasLearner(model).set_weights(verified.weights)
+        learner.set_weights(verified.weights)
     except WeightsError as exc:
         raise VerificationError(f"model version {verified.version} does not fit model "
                                 f"{fl.model!r}: {exc}") from exc
-    save_keras(model, out)
+    save(learner, out)
     return PulledModel(verified.version, verified.hash, verified.checkpoint, fl.model, out)

@@ -47,6 +47,16 @@ class Learner(Protocol):
         """``loss`` and ``accuracy`` of the current weights on (x, y)."""
         ...
 
+    def save(self, path: str) -> None:
+        """Write the model with its current weights in its framework's own file format
+        (the suffix ``file_suffix`` names), loadable without flobc."""
+        ...
+
+    @property
+    def file_suffix(self) -> str:
+        """The suffix of ``save``'s file, with its dot."""
+        ...
+
 
 class KerasLearner:
     """``Learner`` for a compiled Keras 3 model (see ``flobc.ml.models``)."""
@@ -104,6 +114,13 @@ class KerasLearner:
             loss -= float(np.log(np.clip(picked, PROB_EPSILON, 1.0)).sum())
             correct += int((probs.argmax(axis=1) == labels).sum())
         return {"loss": loss / len(x), "accuracy": correct / len(x)}
+
+    def save(self, path: str) -> None:
+        self.model.save(path)
+
+    @property
+    def file_suffix(self) -> str:
+        return ".keras"
 
 
 def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray

@@ -19,11 +19,11 @@ from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
 from flobc.ml.data import DATASETS
 from flobc.ml.models import MODELS, is_model_name
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator
+from flobc.protocol.reputation import MICRO
 from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme
 from flobc.protocol.validation import VALIDATION_RULES, ChanceBound, ValidationRule
 from flobc.registry import Registry, UnknownChoice
 
-MICRO = 1_000_000
 ADMISSIONS = ("allowlist", "open")
 MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
 MAX_STALENESS = 1000

@@ -20,7 +20,7 @@ from flobc import codec
 from flobc.consensus import mempool
 from flobc.consensus.host import ReplicaHost
 from flobc.crypto import sha256
-from flobc.protocol.settings import MICRO
+from flobc.protocol.reputation import MICRO
 from flobc.protocol.state import model_key, read_meta, read_model
 from flobc.protocol.txs import Update, decode_tx
 from flobc.validator.fl.app import FLApp

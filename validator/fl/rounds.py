@@ -19,7 +19,8 @@ from flobc.protocol.aggregation import (
     rebase,
     staleness_discount,
 )
-from flobc.protocol.settings import MICRO, FLConfig
+from flobc.protocol.reputation import MICRO
+from flobc.protocol.settings import FLConfig
 from flobc.protocol.state import (
     ACCEPTED,
     PENDING,
