@@ -151,9 +151,9 @@ def test_a_model_that_names_nothing_is_refused_before_anything_is_imported(model
 
 def test_dataset_defaults_to_the_embedded_sample_and_is_checked() -> None:
     assert FLConfig(V0, admission="open").dataset == "mnist_5k"
-    with pytest.raises(ConfigError, match="app.dataset must be one of .*got 'cifar10'"):
+    with pytest.raises(ConfigError, match="app.dataset must be one of .*got 'imagenet'"):
         FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open",
-                           "dataset": "cifar10"})
+                           "dataset": "imagenet"})
 
 
 def node(tmp_path: Path, dataset_file: str | None) -> NodeConfig:
@@ -192,8 +192,9 @@ def test_a_validator_evaluates_on_its_own_copy_of_a_file_dataset(tmp_path: Path)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--dataset", "file"], "--dataset-file is needed with --dataset file, and only with it"),
-    (["--dataset-file", "x.npz"], "--dataset-file is needed with --dataset file"),
+    (["--dataset", "file"],
+     "--dataset-file is needed with --dataset file or csv, and only with them"),
+    (["--dataset-file", "x.npz"], "--dataset-file is needed with --dataset file or csv"),
     (["--dataset", "file", "--dataset-file", "missing.npz"],
      "--dataset-file: .*missing.npz: not a readable .npz file"),
     (["--model", "no such:model"], "app.model must be a model of the zoo"),

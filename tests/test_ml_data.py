@@ -114,21 +114,45 @@ def test_load_local_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("arrays", "message"), [
     ({"x": np.zeros((2, 28, 28), np.uint8)}, "needs arrays 'x' and 'y'"),
-    ({"x": np.zeros((2, 28, 27), np.uint8), "y": np.zeros(2, np.int64)}, "got (2, 28, 27)"),
-    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.zeros(3, np.int64)}, "shape (2,), got (3,)"),
+    ({"x": np.zeros(2, np.uint8), "y": np.zeros(2, np.int64)}, "at least one more, got"),
+    ({"x": np.zeros((2, 28, 28), np.uint8), "y": np.zeros(3, np.int64)},
+     "2 samples but 3 targets"),
     ({"x": np.zeros((0, 28, 28), np.uint8), "y": np.zeros(0, np.int64)}, "no samples"),
-    ({"x": np.zeros((1, 28, 28), np.uint8), "y": np.array([10])}, "labels must be in 0..9"),
-    ({"x": np.zeros((1, 28, 28), np.uint8), "y": np.array([1.0])}, "labels must be integers"),
-    ({"x": np.full((1, 28, 28), 2.0), "y": np.array([1])}, "finite and in [0, 1]"),
-    ({"x": np.full((1, 28, 28), np.nan), "y": np.array([1])}, "finite and in [0, 1]"),
-    ({"x": np.zeros((1, 28, 28), np.int16), "y": np.array([1])}, "uint8 or float, got int16"),
+    ({"x": np.zeros((1, 4), np.uint8), "y": np.array([-1])}, "labels must be at least 0"),
+    ({"x": np.zeros((1, 4), np.uint8), "y": np.array([20_000])}, "too many classes (20001"),
+    ({"x": np.zeros((1, 4), np.uint8), "y": np.array([[1, 2]])}, "one per sample"),
+    ({"x": np.full((1, 4), np.nan), "y": np.array([1])}, "features must be finite"),
+    ({"x": np.full((1, 4), 1e39), "y": np.array([1])}, "features must be finite"),
+    ({"x": np.zeros((1, 4)), "y": np.array([np.inf])}, "targets must be finite"),
+    ({"x": np.zeros((1, 4), np.complex64), "y": np.array([1])}, "must be numbers"),
+    ({"x": np.zeros((1, 4)), "y": np.array(["a"])}, "must be numbers, got <U1"),
     ({"x": np.array([None] * 784).reshape(1, 28, 28), "y": np.array([1])}, "pickle"),
 ])
-def test_bad_local_files_are_refused(tmp_path: Path, arrays: dict[str, np.ndarray],
-                                     message: str) -> None:
+def test_bad_npz_files_are_refused_naming_the_problem(
+        tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DatasetError) as info:
         load_dataset("file", str(tmp_path / "bad.npz"))
+    assert message in str(info.value) and "bad.npz" in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "options", "message"), [
+    ("", {}, "empty file"),
+    ("a,b\n1,2\n", {}, "no target column 'target'; columns: a, b"),
+    ("a,target\n1,2\n", {"features": ("a", "c")}, "no feature column 'c'"),
+    ("a,a,target\n1,1,2\n", {}, "names a column twice"),
+    ("target\n1\n", {}, "no feature columns besides 'target'"),
+    ("a,target\n1,2,3\n", {}, "line 2 has 3 fields, the header 2"),
+    ("a,target\n1,x\n", {}, "line 2 has a value that is not a number"),
+    ("a,target\nnan,1\n", {}, "NaN or infinite"),
+    ("a,target\n1,0.5\n", {"task": "classification"}, "non-integer value"),
+    ("a,target\n1,2\n", {"task": "ranking"}, "task must be classification"),
+])
+def test_bad_csv_files_are_refused_naming_the_problem(
+        tmp_path: Path, text: str, options: dict, message: str) -> None:
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("csv", str(tmp_path / "bad.csv"), **options)
     assert message in str(info.value)
 
 
@@ -141,20 +165,28 @@ def test_files_that_are_not_npz_are_refused(tmp_path: Path) -> None:
             load_dataset("file", str(tmp_path / name))
 
 
-def test_dataset_names_and_paths() -> None:
-    with pytest.raises(DatasetError, match="known datasets: mnist_5k, mnist, file"):
-        load_dataset("cifar10")
+def test_dataset_names_paths_and_options() -> None:
+    with pytest.raises(DatasetError, match="known datasets: .*mnist_5k, file, csv, digits"):
+        load_dataset("imagenet")
     with pytest.raises(DatasetError, match="a path is needed with dataset 'file'"):
         load_dataset("file")
-    with pytest.raises(DatasetError, match="and only with it"):
+    with pytest.raises(DatasetError, match=r"only with a dataset read from a file \(file, csv\)"):
         load_dataset("mnist_5k", "somewhere.npz")
+    with pytest.raises(DatasetError, match="'digits' has no option 'target'; its options: none"):
+        load_dataset("digits", target="y")
 
 
 def test_dataset_checks_its_arrays() -> None:
-    with pytest.raises(DatasetError, match="images must be float32"):
-        Dataset(np.zeros((1, 28, 28, 1), np.float64), np.zeros(1, np.int64))
-    with pytest.raises(DatasetError, match="labels must be int64"):
-        Dataset(np.zeros((2, 28, 28, 1), np.float32), np.zeros(1, np.int64))
+    with pytest.raises(DatasetError, match="features must be float32"):
+        Dataset(np.zeros((1, 28, 28, 1), np.float64), np.zeros(1, np.int64), classes=10)
+    with pytest.raises(DatasetError, match=r"classification targets must be int64 \(2,\)"):
+        Dataset(np.zeros((2, 28, 28, 1), np.float32), np.zeros(1, np.int64), classes=10)
+    with pytest.raises(DatasetError, match="classes must be in 1..10000, got 0"):
+        Dataset(np.zeros((1, 3), np.float32), np.zeros(1, np.int64))
+    with pytest.raises(DatasetError, match="regression targets must be float32"):
+        Dataset(np.zeros((1, 3), np.float32), np.zeros(1, np.int64), "regression")
+    with pytest.raises(DatasetError, match="task must be one of"):
+        Dataset(np.zeros((1, 3), np.float32), np.zeros(1, np.int64), "ranking", 2)
 
 
 # Partitioners, on the labels of the default training split.

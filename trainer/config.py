@@ -69,12 +69,14 @@ class TrainerConfig:
             make_partitioner(self.partitioner, **self.partitioner_options)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{self._where}: partitioner_options: {exc}") from None
-        _check_choice(self.dataset, "dataset", DATASETS, self._where)
+        _check_choice(self.dataset, "dataset", DATASETS.names(), self._where)
         if self.dataset_path is not None and not isinstance(self.dataset_path, str):
             raise ConfigError(f"{self._where}: dataset_path must be a file name")
-        if (self.dataset == "file") != (self.dataset_path is not None):
-            raise ConfigError(f"{self._where}: dataset_path is needed with dataset = "
-                              '"file", and only with it')
+        if DATASETS.get(self.dataset).needs_file != (self.dataset_path is not None):
+            raise ConfigError(f"{self._where}: dataset_path is needed with a dataset read "
+                              f"from a file ({self.dataset!r} is "
+                              f"{'' if DATASETS.get(self.dataset).needs_file else 'not '}"
+                              "one), and only with it")
         _check_int(self.local_epochs, "local_epochs", 1, self._where)
         _check_int(self.batch_size, "batch_size", 1, self._where)
         _check_int(self.seed, "seed", 0, self._where)

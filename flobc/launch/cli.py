@@ -507,12 +507,12 @@ def _add_model_options(group: argparse._ActionsContainer) -> None:
                        help=f"a model of the zoo ({', '.join(sorted(MODELS))}) or a builder "
                        "package.module:function that every node can import "
                        f"(default: {defaults.model})")
-    group.add_argument("--dataset", choices=DATASETS,
+    group.add_argument("--dataset", choices=DATASETS.names(),
                        help="the dataset every trainer and validator splits alike; file: an "
-                       f".npz with x and y (default: {defaults.dataset})")
+                       f".npz with x and y, csv: a table (default: {defaults.dataset})")
     group.add_argument("--dataset-file", metavar="FILE",
-                       help="the .npz of --dataset file, written into every node's config "
-                       "as an absolute path")
+                       help="the file of --dataset file or csv, written into every node's "
+                       "config as an absolute path")
     group.add_argument("--max-blob-bytes", type=_positive_int, metavar="N",
                        help="the largest update blob the chain accepts; the model's weights "
                        f"must fit (default: {defaults.max_blob_bytes})")

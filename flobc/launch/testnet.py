@@ -108,16 +108,19 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
 
 
 def _checked_dataset_file(options: FLOptions) -> str | None:
-    """The absolute path of a ``file`` dataset, once it loads; None for the others."""
-    from flobc.ml.data import DatasetError, load_dataset
+    """The absolute path of a dataset read from a file, once it loads; None for the
+    others."""
+    from flobc.ml.data import DATASETS, DatasetError, load_dataset
 
-    if (options.dataset == "file") != (options.dataset_file is not None):
-        raise ConfigError("--dataset-file is needed with --dataset file, and only with it")
+    if DATASETS.get(options.dataset).needs_file != (options.dataset_file is not None):
+        raise ConfigError(f"--dataset-file is needed with --dataset "
+                          f"{' or '.join(n for n in DATASETS if DATASETS.get(n).needs_file)},"
+                          f" and only with them")
     if options.dataset_file is None:
         return None
     path = Path(options.dataset_file).resolve()
     try:
-        load_dataset("file", str(path))
+        load_dataset(options.dataset, str(path))
     except DatasetError as exc:
         raise ConfigError(f"--dataset-file: {exc}") from exc
     return str(path)

@@ -75,7 +75,7 @@ class FLConfig:
                f"named package.module:function (at most {MAX_MODEL_NAME} characters), "
                f"got {self.model!r}")
         _check_int(self.seed, "seed", 0, 2**63 - 1)
-        _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, "
+        _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS.names()}, "
                f"got {self.dataset!r}")
         _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}")
         self._check_trainers()

@@ -20,7 +20,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from flobc.ml.data import N_CLASSES
+from flobc.ml.models import N_CLASSES
 from flobc.protocol.txs import SCORE_RANGE
 from flobc.registry import Registry
 
