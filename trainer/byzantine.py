@@ -55,6 +55,10 @@ class Behaviour:
     default_scale: ClassVar[float] = 1.0
     scale_help: ClassVar[str] = ""
     """What ``scale`` means, for the command line's help; empty if it is unused."""
+    copies_submitted: ClassVar[bool] = False
+    """On a live chain, whether ``RoundView.peers`` are the updates other trainers have
+    already committed in the round (to copy them), rather than stand-ins the trainer
+    trains itself on its own data (to estimate honest statistics)."""
 
     def data(self, data: Dataset, rng: np.random.Generator) -> Dataset:
         """The local data trained on."""
@@ -178,7 +182,11 @@ class Copy(Behaviour):
 
     It copies one of ``view.peers()`` picked by the round's seed; with no peer to copy
     (it submits first) it sends zeros, as a free rider with no work of its own would.
+    On a live chain it waits for another update of the round until shortly before the
+    round's deadline.
     """
+
+    copies_submitted = True
 
     def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
               view: RoundView) -> list[np.ndarray]:
@@ -204,7 +212,7 @@ class ALittleIsEnough(Behaviour):
     """
 
     default_scale = 0.0
-    scale_help = "z, standard deviations off the honest mean (0: the paper's z_max)"
+    scale_help = "z, standard deviations off the honest mean; 0 takes the paper's z_max"
     FALLBACK_Z: ClassVar[float] = 1.0
 
     def z(self, view: RoundView) -> float:
