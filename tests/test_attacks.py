@@ -91,6 +91,13 @@ def test_the_command_line_offers_every_attack(name: str):
         (3, name)]
 
 
+def test_the_readme_describes_every_attack():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("\n## Attacks\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert rows == set(BEHAVIOURS.names()) - {"honest"}
+
+
 # --- data poisoning ---------------------------------------------------------------------
 
 
