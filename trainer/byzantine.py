@@ -205,10 +205,12 @@ class ALittleIsEnough(Behaviour):
 
     ``z`` is the paper's z_max = Phi^-1((n - s) / n) with s = floor(n / 2 + 1) - m for n
     trainers of which m collude (``RoundView.trainers`` and ``colluders``), unless a
-    scale is set; when n or m is unknown (a live chain does not say) it is ``FALLBACK_Z``.
-    The paper takes the statistics over the workers' gradients; here over the peers'
-    deltas (sample standard deviation), or over the trainer's own delta alone if it
-    sees none. The paper's sign of the shift is free; this takes the minus side.
+    scale is set; when n or m is unknown (a live chain does not say how many collude) it
+    is ``FALLBACK_Z``, one standard deviation. The paper takes the statistics over the
+    workers' gradients; here over the peers' deltas (sample standard deviation), or over
+    the trainer's own delta alone if it sees none. The paper's sign of the shift is
+    free; this takes the minus side. The paper's colluders share one estimate and send
+    the same vector; on a live chain each estimates from its own data, so theirs differ.
     """
 
     default_scale = 0.0

@@ -135,8 +135,8 @@ def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: Train
     if behaviour is None:
         behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
     if view is None:
-        view = RoundView(round_, peers=lambda: estimated_peers(learner, base, data, cfg,
-                                                               round_))
+        view = RoundView(round_, peers=partial(estimated_peers, learner, base, data, cfg,
+                                               round_))
     delta = behaviour.delta(delta, np.random.default_rng(seed), view)
     return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
 
