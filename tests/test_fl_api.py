@@ -373,6 +373,19 @@ def test_every_validator_scores_each_version_on_the_test_split(net: Net,
     assert first[0]["accuracy"] < 0.3  # version 0 is untrained
 
 
+def test_a_rounds_update_blobs_are_served_by_every_validator(net: Net,
+                                                             history: History) -> None:
+    _, blob = codec.unpack(history.accepted_body, len(history.accepted_body))
+    path = f"/fl/rounds/{history.round}/updates/{net.trainers[0].public_key.hex()}/blob"
+    for i in range(VALIDATORS):
+        response = net.cluster.get(i, path)
+        assert response.status_code == 200 and response.content == blob
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers["x-blob-hash"] == sha256(blob).hex()
+    assert_refused(net.cluster.get(0, path.replace(f"/{history.round}/", "/99999999/")), 404,
+                   "round 99999999 has not opened yet")
+
+
 @pytest.mark.parametrize(("path", "status", "detail"), [
     ("/fl/evaluations?limit=0", 422, "limit must be an integer in 1..1000"),
     ("/fl/status?after_round=-1", 422, "after_round must be an integer"),
@@ -387,6 +400,8 @@ def test_every_validator_scores_each_version_on_the_test_split(net: Net,
     ("/fl/rounds/0", 422, "round must be an integer in 1.."),
     ("/fl/rounds?limit=0", 422, "limit must be an integer in 1..1000"),
     ("/fl/rounds?limit=abc", 422, "limit must be an integer"),
+    ("/fl/rounds/1/updates/" + "ab" * 32 + "/blob", 404, "no update from trainer 'abab"),
+    ("/fl/rounds/x/updates/ab/blob", 422, "round must be an integer"),
     ("/kv/anything", 404, "Not Found"),
 ])
 def test_bad_reads_are_refused(net: Net, path: str, status: int, detail: str) -> None:

@@ -57,7 +57,7 @@ def test_the_command_line_offers_a_registered_aggregator(keep_base: None) -> Non
 
 
 @dataclass(frozen=True)
-class Zero(Behaviour):
+class ZeroDoubled(Behaviour):
     """Submits a delta of zeros and claims twice its samples."""
 
     def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
@@ -69,20 +69,20 @@ class Zero(Behaviour):
 
 
 @pytest.fixture
-def zero() -> Iterator[None]:
-    BEHAVIOURS.add("zero", Zero)
+def zero_doubled() -> Iterator[None]:
+    BEHAVIOURS.add("zero_doubled", ZeroDoubled)
     yield
-    BEHAVIOURS.remove("zero")
+    BEHAVIOURS.remove("zero_doubled")
 
 
-def test_a_registered_behaviour_is_offered_and_applied(zero: None) -> None:
-    args = build_parser().parse_args(["cluster", "up", "--byzantine", "1:zero"])
-    assert args.byzantine == [(1, "zero")]
+def test_a_registered_behaviour_is_offered_and_applied(zero_doubled: None) -> None:
+    args = build_parser().parse_args(["cluster", "up", "--byzantine", "1:zero_doubled"])
+    assert args.byzantine == [(1, "zero_doubled")]
     assert build_parser().parse_args(["trainer", "join", "--home", "h", "--behaviour",
-                                      "zero"]).behaviour == "zero"
+                                      "zero_doubled"]).behaviour == "zero_doubled"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["cluster", "up", "--byzantine", "1:no_such_attack"])
-    attack = make_behaviour("zero")
+    attack = make_behaviour("zero_doubled")
     delta = attack.delta([np.ones((2, 2), dtype=np.float32)], np.random.default_rng(0),
                          RoundView(1))
     assert delta[0].dtype == np.float32 and delta[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -60,8 +60,9 @@ def test_flags_override_the_file_and_unset_flags_do_not(tmp_path: Path):
 def test_overrides_are_checked_too(tmp_path: Path):
     assert "local_epochs must be an integer of at least 1, got 0" in load_error(
         tmp_path, VALID, local_epochs=0)
-    assert "behaviour must be one of honest, sign_flip, noise; got 'evil'" in load_error(
-        tmp_path, VALID, behaviour="evil")
+    assert ("behaviour must be one of honest, sign_flip, noise, label_flip, scaling, zero, "
+            "replay, copy, alie, ipm; got 'evil'") in load_error(tmp_path, VALID,
+                                                                 behaviour="evil")
     assert "behaviour_scale is only used with a Byzantine behaviour" in load_error(
         tmp_path, VALID, behaviour_scale=2.0)
 

@@ -180,6 +180,12 @@ class ValidatorClient:
         return self._call("GET", f"/fl/models/{version}/weights", _body, allow_404=True,
                           limit=self.max_blob_bytes)
 
+    def update_blob(self, round_: int, trainer: bytes) -> bytes | None:
+        """The delta blob (unverified) of ``trainer``'s committed update in ``round_``;
+        None if the validator has none."""
+        return self._call("GET", f"/fl/rounds/{round_}/updates/{trainer.hex()}/blob", _body,
+                          allow_404=True, limit=self.max_blob_bytes)
+
     def submit_update(self, tx: bytes, blob: bytes) -> str:
         """POST an update transaction with its blob; the hex hash of the accepted tx."""
         return self._call("POST", "/fl/updates", _tx_hash, content=codec.pack([tx, blob]))

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -35,10 +36,10 @@ from flobc.ml.data import Dataset, DatasetError, load_dataset, split
 from flobc.ml.learner import Learner, learner_for
 from flobc.ml.models import ModelError
 from flobc.ml.partition import partition
-from flobc.ml.weights import all_finite, encode_weights
+from flobc.ml.weights import all_finite, encode_weights, spec
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.txs import MAX_ACCURACY_MILLI, MAX_U63, make_register, make_update
-from flobc.trainer.byzantine import RoundView, make_behaviour
+from flobc.trainer.byzantine import Behaviour, RoundView, make_behaviour
 from flobc.trainer.client import (
     ClientError,
     FLStatus,
@@ -48,6 +49,7 @@ from flobc.trainer.client import (
 )
 from flobc.trainer.config import CONFIG_FILE, TrainerConfig
 from flobc.trainer.journal import ON_CHAIN, SENDING, SUBMITTED, Journal
+from flobc.trainer.peers import submitted_deltas, wait_until
 from flobc.trainer.resubmit import see_committed
 from flobc.trainer.update import LocalUpdate
 from flobc.trainer.verify import ModelStore, VerifiedModel, verify_genesis_model
@@ -62,6 +64,8 @@ ROUND_WAIT_MS = 4000
 """How long a validator may hold a status request that waits for the next round."""
 REGISTER_RESEND_S = 30.0
 """A register not on chain by then is sent again (a crashed validator may have lost it)."""
+ESTIMATE_DRAWS = 4
+"""How many stand-in deltas a colluding trainer trains to estimate honest statistics."""
 
 
 class Outcome(Enum):
@@ -77,32 +81,63 @@ def round_seed(seed: int, partition_index: int, round_: int) -> int:
     return int(np.random.SeedSequence([seed, partition_index, round_]).generate_state(1)[0])
 
 
-def local_data(cfg: TrainerConfig, split_seed: int) -> Dataset:
+def local_data(cfg: TrainerConfig, split_seed: int, behaviour: Behaviour | None = None
+               ) -> Dataset:
     """This trainer's share of the training split (validators' hold-out never included),
-    as its behaviour trains on it."""
+    as its behaviour (by default ``cfg``'s) trains on it."""
     path = cfg.dataset_file
     try:
         train = split(load_dataset(cfg.dataset, None if path is None else str(path)),
                       seed=split_seed).train
         parts = partition(cfg.partitioner, train.y, cfg.partitions, cfg.seed,
                           **cfg.partitioner_options)
+        own = train.subset(parts[cfg.partition_index])
+        if behaviour is None:
+            behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
+        return behaviour.data(own, np.random.default_rng([cfg.seed, cfg.partition_index]))
     except (DatasetError, ValueError, TypeError) as exc:
         raise TrainerError(f"cannot prepare the local data: {exc}") from exc
-    own = train.subset(parts[cfg.partition_index])
-    return make_behaviour(cfg.behaviour, cfg.behaviour_scale).data(
-        own, np.random.default_rng([cfg.seed, cfg.partition_index]))
+
+
+def trained_delta(learner: Learner, base: VerifiedModel, data: Dataset, cfg: TrainerConfig,
+                  seed: int) -> tuple[list[np.ndarray], dict[str, float]]:
+    """``base`` trained on ``data`` minus ``base``, in the model's dtypes, and the
+    training metrics."""
+    learner.set_weights(base.weights)
+    metrics = learner.fit(data.x, data.y, cfg.local_epochs, cfg.batch_size, seed)
+    return [np.subtract(t, b, dtype=b.dtype)
+            for t, b in zip(learner.get_weights(), base.weights, strict=True)], metrics
+
+
+def estimated_peers(learner: Learner, base: VerifiedModel, data: Dataset,
+                    cfg: TrainerConfig, round_: int) -> list[list[np.ndarray]]:
+    """Stand-ins for the other trainers' deltas of a round, from this trainer's data
+    alone: ``ESTIMATE_DRAWS`` deltas trained from ``base`` on bootstrap samples of
+    ``data`` (each as large as ``data``, so each takes as many steps as an honest
+    trainer's). Colluders on a live chain estimate honest statistics from them."""
+    rng = np.random.default_rng([cfg.seed, cfg.partition_index, round_, ESTIMATE_DRAWS])
+    return [trained_delta(learner, base, data.subset(rng.integers(len(data), size=len(data))),
+                          cfg, int(rng.integers(2**31)))[0]
+            for _ in range(ESTIMATE_DRAWS)]
 
 
 def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: TrainerConfig,
-                round_: int) -> LocalUpdate:
-    """Train ``base`` locally; the delta is trained minus base, in the model's dtypes."""
+                round_: int, behaviour: Behaviour | None = None,
+                view: RoundView | None = None) -> LocalUpdate:
+    """Train ``base`` locally and apply ``behaviour`` (by default ``cfg``'s; a caller
+    running several rounds passes one instance, which may remember earlier rounds).
+
+    ``view`` is what the behaviour sees of the round; by default its peers are
+    ``estimated_peers``, trained only if the behaviour asks for them.
+    """
     seed = round_seed(cfg.seed, cfg.partition_index, round_)
-    learner.set_weights(base.weights)
-    metrics = learner.fit(data.x, data.y, cfg.local_epochs, cfg.batch_size, seed)
-    delta = [np.subtract(t, b, dtype=b.dtype)
-             for t, b in zip(learner.get_weights(), base.weights, strict=True)]
-    behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
-    delta = behaviour.delta(delta, np.random.default_rng(seed), RoundView(round_))
+    delta, metrics = trained_delta(learner, base, data, cfg, seed)
+    if behaviour is None:
+        behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
+    if view is None:
+        view = RoundView(round_, peers=partial(estimated_peers, learner, base, data, cfg,
+                                               round_))
+    delta = behaviour.delta(delta, np.random.default_rng(seed), view)
     return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
 
 
@@ -157,7 +192,9 @@ class Trainer:
         self.models = ModelStore(self.genesis, genesis_model, self.client, cfg.home,
                                  max_bytes=self.fl.max_blob_bytes)
         self.journal = Journal(cfg.home)
-        self.data = local_data(cfg, self.fl.seed)
+        self.behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
+        """One instance for the whole run: a behaviour may remember earlier rounds."""
+        self.data = local_data(cfg, self.fl.seed, self.behaviour)
         try:
             self.learner = learner_factory(self.fl.model, self.fl.seed)
         except ModelError as exc:
@@ -236,7 +273,8 @@ class Trainer:
         if base is None:
             return Outcome.NOT_READY
         self._poller.reset()
-        update = train_round(self.learner, base, self.data, self.cfg, status.round)
+        update = train_round(self.learner, base, self.data, self.cfg, status.round,
+                             self.behaviour, self._view(status, base))
         if self.stop.is_set():
             raise Stopped("stopping")
         if not (math.isfinite(update.loss) and all_finite(update.delta)):
@@ -265,6 +303,19 @@ class Trainer:
             log.warning("round %d: closed before update tx %s was committed", status.round,
                         tx_hash)
         return Outcome.SUBMITTED
+
+    def _view(self, status: FLStatus, base: VerifiedModel) -> RoundView:
+        """What this trainer's behaviour may see of the round: the updates already
+        committed in it if the behaviour copies them, else stand-ins trained on its own
+        data (computed only if asked for)."""
+        peers = (partial(submitted_deltas, self.client, self.key.public_key, status.round,
+                         spec(base.weights), self.fl.max_blob_bytes,
+                         wait_until(status.deadline_ms, time.time()),
+                         Poller(self.stop, self.rng).wait)
+                 if self.behaviour.copies_submitted else
+                 partial(estimated_peers, self.learner, base, self.data, self.cfg,
+                         status.round))
+        return RoundView(status.round, peers=peers, trainers=len(status.expected))
 
     def _status(self, after_round: int | None = None) -> FLStatus:
         """The chain's status, once it has one (it has none before its first block);

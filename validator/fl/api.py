@@ -166,6 +166,23 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
         """A round's updates, their statuses and every validator's vote."""
         return query("round", round=round_)
 
+    @router.get("/rounds/{round_}/updates/{trainer}/blob", response_class=Response,
+                responses={200: {"content": {"application/octet-stream": {}}}})
+    async def update_blob(round_: str, trainer: str) -> Response:
+        """The delta blob of a trainer's committed update in a round (update blobs are as
+        public as the chain that names them); ``X-Blob-Hash`` is its SHA-256."""
+        record = query("round", round=round_)
+        entry = next((u for u in record["updates"] if u["trainer"] == trainer.lower()), None)
+        if entry is None:
+            raise HTTPException(404, f"no update from trainer {trainer[:64]!r} in round "
+                                     f"{record['round']}")
+        blob = node.ledger.blob(bytes.fromhex(entry["blob"]))
+        if blob is None:
+            raise HTTPException(404, f"the blob {entry['blob']} is not stored on this "
+                                     "validator")
+        return Response(blob, media_type="application/octet-stream",
+                        headers={"X-Blob-Hash": entry["blob"]})
+
     @router.get("/trainers")
     async def trainers() -> dict[str, Any]:
         """Every registered trainer with its trust and its record."""
