@@ -418,10 +418,21 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                      seed=args.seed, sync=args.sync, epochs=args.epochs,
                      partitions=args.partitions, attacks=args.attacks,
                      attackers=args.attackers, defences=args.defences)
-    command = " ".join(["flobc", *sys.argv[1:]]) if args.command_line is None else (
-        args.command_line)
-    run_experiment(grid, docs=args.docs, name=args.name, keep=args.keep, command=command)
+    run_experiment(grid, docs=args.docs, name=args.name, keep=args.keep,
+                   command=_experiment_command(args))
     return 0
+
+
+def _experiment_command(args: argparse.Namespace) -> str:
+    """The command line that runs this grid again (the flags given, in a fixed order)."""
+    words = ["flobc", "experiment"]
+    for name in ("grid", "model", "trainers", "rounds", "seed", "sync", "epochs",
+                 "partitions", "attacks", "attackers", "defences", "docs", "name"):
+        value = getattr(args, name)
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            words += [f"--{name}", text]
+    return " ".join(words)
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
@@ -792,7 +803,6 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
                             help="name of the results page (default: %(default)s)")
     experiment.add_argument("--keep", type=Path, metavar="DIR",
                             help="keep every cell's ledger in DIR/cell-N")
-    experiment.add_argument("--command-line", metavar="TEXT", help=argparse.SUPPRESS)
     experiment.set_defaults(func=cmd_experiment)
 
 

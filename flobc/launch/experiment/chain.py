@@ -17,6 +17,7 @@ from flobc.config import Genesis, ValidatorInfo
 from flobc.consensus.application import BlockState, CommittedState
 from flobc.crypto import PrivateKey, sha256
 from flobc.ml.weights import encode_weights
+from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.protocol.state import Meta, TrainerRecord, UpdateRecord, read_meta, read_model
 from flobc.protocol.state import read_trainer as _read_trainer
 from flobc.protocol.state import read_update as _read_update
@@ -26,6 +27,7 @@ from flobc.validator.fl.app import FLApp
 from flobc.validator.fl.rounds import model_weights
 
 CHAIN_ID = "flobc-experiment"
+LEDGER_DIR = "data"
 GENESIS_TIME_MS = 1_700_000_000_000
 CERTIFICATE = b"in-process"
 """Blocks are not certified by consensus here: there is one executor."""
@@ -37,19 +39,24 @@ def derived_key(role: str, index: int, seed: int) -> PrivateKey:
 
 
 class Chain:
-    """A ledger at ``path`` and the application of ``app`` (a genesis ``[app]``)."""
+    """The application of ``app`` (a genesis ``[app]``) over a ledger in ``home``, laid
+    out as a validator's home: ``genesis.toml``, ``genesis-model.bin`` and the ledger in
+    ``data/``, so that a kept cell can be inspected or replayed like a node's."""
 
-    def __init__(self, path: Path, app: dict[str, Any], model_v0: Sequence[Any],
+    def __init__(self, home: Path, app: dict[str, Any], model_v0: Sequence[Any],
                  validators: Sequence[PrivateKey]) -> None:
         blob = encode_weights(list(model_v0))
-        self.ledger = Ledger(path)
-        self.ledger.put_blob(blob)  # a node stores genesis-model.bin before it starts
         self.validators = list(validators)
         genesis = Genesis(CHAIN_ID, GENESIS_TIME_MS,
                           tuple(ValidatorInfo(f"validator-{i}", k.public_key)
                                 for i, k in enumerate(self.validators)),
                           app={"name": "fl", **app, "model_v0_hash": sha256(blob).hex()})
         self.app = FLApp.from_genesis(genesis, blob)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "genesis.toml").write_text(genesis.to_toml())
+        (home / GENESIS_MODEL).write_bytes(blob)
+        self.ledger = Ledger(home / LEDGER_DIR)
+        self.ledger.put_blob(blob)  # a node stores genesis-model.bin before it starts
         self.time_ms = GENESIS_TIME_MS
 
     def close(self) -> None:
