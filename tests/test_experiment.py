@@ -5,8 +5,9 @@ would execute the same blocks; bad grids are refused naming the problem."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -18,12 +19,14 @@ from flobc.crypto import sha256
 from flobc.launch.cli import main
 from flobc.launch.experiment import GridError, make_grid
 from flobc.launch.experiment.chain import LEDGER_DIR
+from flobc.launch.experiment.run import run_grid
 from flobc.ml.weights import decode_weights, spec
 from flobc.protocol.aggregation import fedavg
 from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.protocol.reputation import rewarded
 from flobc.protocol.state import read_model, read_update
 from flobc.storage.ledger import Ledger
+from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, RoundView
 from flobc.validator.fl.app import FLApp
 from flobc.validator.fl.rounds import model_weights
 
@@ -218,3 +221,56 @@ def test_a_grid_file_names_defences_as_genesis_tables(tmp_path: Path) -> None:
     assert strict.validation == {"name": "chance_bound", "give_up": 0.3}
     assert strict.aggregator == {"name": "trimmed_mean", "trim_fraction": 0.2}
     assert cells[2].attack.label == "noise:2" and cells[2].attackers == 1
+
+
+class _Probe(Behaviour):
+    """Submits the mean of the honest deltas it is shown, and notes what it saw."""
+
+    seen: ClassVar[list[tuple[Behaviour, int, list[list[np.ndarray]]]]] = []
+
+    def delta(self, delta: Sequence[np.ndarray], rng: np.random.Generator,
+              view: RoundView) -> list[np.ndarray]:
+        peers = view.peers()
+        self.seen.append((self, view.round, peers))
+        return [np.mean([p[t] for p in peers], axis=0).astype(d.dtype)
+                for t, d in enumerate(delta)]
+
+
+@pytest.fixture
+def probe() -> Iterator[type[_Probe]]:
+    BEHAVIOURS.add("probe", _Probe)
+    _Probe.seen.clear()
+    try:
+        yield _Probe
+    finally:
+        BEHAVIOURS.remove("probe")
+
+
+def test_an_attacker_keeps_one_behaviour_and_sees_the_honest_deltas_on_chain(
+        probe: type[_Probe], tmp_path: Path) -> None:
+    grid = make_grid(model="mnist_mlp", trainers=3, rounds=2, partitions=["iid"],
+                     attacks=["probe"], attackers=[1], defences=["none"])
+    [cell] = run_grid(grid, keep=tmp_path, progress=lambda line: None)
+    assert [r for _, r, _ in probe.seen] == [1, 2]
+    assert probe.seen[0][0] is probe.seen[1][0]
+    with Ledger(tmp_path / "cell-0" / LEDGER_DIR) as ledger:
+        state = CommittedState(ledger)
+        for _, round_, peers in probe.seen:
+            record = read_model(state, round_)
+            assert record is not None
+            on_chain = [decode_weights(b, max_bytes=len(b))
+                        for _, digest, _ in record.updates
+                        if (b := ledger.blob(digest)) is not None]
+            honest = [w for w in on_chain if _digest(w) != _digest(_mean(peers))]
+            assert len(peers) == 2 and len(on_chain) == 3 and len(honest) == 2
+            assert sorted(_digest(p) for p in peers) == sorted(_digest(h) for h in honest)
+    assert cell["updates"]["attacker"]["accepted"] == 2
+
+
+def _mean(peers: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.mean([p[t] for p in peers], axis=0).astype(peers[0][t].dtype)
+            for t in range(len(peers[0]))]
+
+
+def _digest(weights: list[np.ndarray]) -> bytes:
+    return sha256(b"".join(w.tobytes() for w in weights))
