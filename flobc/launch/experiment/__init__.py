@@ -25,7 +25,7 @@ def run_experiment(grid: Grid, *, docs: Path | None = None, name: str = "experim
                    ) -> dict[str, Any]:
     """Run every cell, print the JSON to stdout, write the docs; return the JSON."""
     records = run_grid(grid, keep)
-    result = {"settings": grid_settings(grid), "cells": records}
+    result: dict[str, Any] = {"settings": grid_settings(grid), "cells": records}
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
     if docs is not None:

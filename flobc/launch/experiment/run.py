@@ -44,7 +44,7 @@ from flobc.protocol.txs import (
     make_update,
     make_vote,
 )
-from flobc.protocol.validation import Candidate, Verdict
+from flobc.protocol.validation import Candidate, Scorer, Verdict
 from flobc.trainer.byzantine import Behaviour, RoundView, make_behaviour
 from flobc.trainer.config import TrainerConfig
 from flobc.trainer.loop import local_data, milli, round_seed, train_round
@@ -137,7 +137,7 @@ class Workbench:
             self._scores[digest] = dict(self.learner.evaluate(self.test.x, self.test.y))
         return self._scores[digest]
 
-    def scorer(self, validator: int) -> Callable[[Any], Any]:
+    def scorer(self, validator: int) -> Scorer:
         shard = self.shards[validator]
         return shard_scorer(self.learner, shard.x, shard.y)
 
