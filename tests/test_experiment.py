@@ -274,3 +274,18 @@ def _mean(peers: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 def _digest(weights: list[np.ndarray]) -> bytes:
     return sha256(b"".join(w.tobytes() for w in weights))
+
+
+def test_the_shipped_small_grid_file_is_a_valid_grid() -> None:
+    grid = make_grid(Path(__file__).parent.parent / "benchmarks" / "grids" / "small.toml")
+    assert (grid.model, grid.trainers, grid.rounds) == ("mnist_cnn", 10, 8)
+    assert len(grid.cells()) == 8
+
+
+def test_under_bap_each_accepted_update_is_its_own_version(tmp_path: Path) -> None:
+    """The sync scheme is the chain's: BAP merges every accepted update at once."""
+    grid = make_grid(model="mnist_mlp", trainers=3, rounds=2, sync="bap", partitions=["iid"],
+                     attacks=["none"], defences=["none"])
+    [cell] = run_grid(grid, keep=tmp_path, progress=lambda line: None)
+    assert [r["version"] for r in cell["rounds"]] == [3, 6]
+    assert cell["updates"]["honest"]["accepted"] == 6
