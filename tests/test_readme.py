@@ -135,7 +135,8 @@ def test_readme_documents_every_command():
              else (argv[0],) for argv in readme_flobc_commands()}
     assert shown == {("demo",), ("testnet", "init"), ("validator", "start"),
                      ("keys", "generate"), ("tx", "send"), ("status",), ("verify",),
-                     ("cluster", "up"), ("trainer", "join"), ("model", "pull")}
+                     ("cluster", "up"), ("trainer", "join"), ("model", "pull"),
+                     ("experiment",)}
 
 
 @pytest.mark.parametrize("argv", readme_flobc_commands(), ids=shlex.join)

@@ -399,6 +399,42 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         partition=args.partition))
 
 
+def _list(text: str) -> list[str]:
+    """A comma-separated list of names; empty items are an error."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
+    return items
+
+
+def _int_list(text: str) -> list[int]:
+    return [_nonnegative_int(item) for item in _list(text)]
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from flobc.launch.experiment import make_grid, run_experiment
+
+    grid = make_grid(args.grid, model=args.model, trainers=args.trainers, rounds=args.rounds,
+                     seed=args.seed, sync=args.sync, epochs=args.epochs,
+                     partitions=args.partitions, attacks=args.attacks,
+                     attackers=args.attackers, defences=args.defences)
+    run_experiment(grid, docs=args.docs, name=args.name, keep=args.keep,
+                   command=_experiment_command(args))
+    return 0
+
+
+def _experiment_command(args: argparse.Namespace) -> str:
+    """The command line that runs this grid again (the flags given, in a fixed order)."""
+    words = ["flobc", "experiment"]
+    for name in ("grid", "model", "trainers", "rounds", "seed", "sync", "epochs",
+                 "partitions", "attacks", "attackers", "defences", "docs", "name"):
+        value = getattr(args, name)
+        if value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            words += [f"--{name}", text]
+    return " ".join(words)
+
+
 def cmd_model_pull(args: argparse.Namespace) -> int:
     from flobc.launch.model_pull import pull_model
 
@@ -688,6 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the testnet to DIR and keep it (default: a temporary folder)")
     up.set_defaults(func=cmd_cluster_up)
 
+    _add_experiment(commands)
+
     model = commands.add_parser("model", help="committed model versions").add_subparsers(
         dest="model_command", required=True, metavar="COMMAND")
     pull = model.add_parser(
@@ -711,6 +749,61 @@ def build_parser() -> argparse.ArgumentParser:
                       "that spell it out")
     pull.set_defaults(func=cmd_model_pull)
     return parser
+
+
+def _add_experiment(commands: argparse._SubParsersAction) -> None:
+    from flobc.launch.experiment.grid import Grid
+    from flobc.protocol.validation import VALIDATION_RULES
+
+    defaults = Grid()
+    attacks = ", ".join(n for n in BEHAVIOURS if n != "honest")
+    experiment = commands.add_parser(
+        "experiment", help="federated training under a grid of partitions, attacks and "
+        "defences, in one process, with the chain's own rules",
+        description="Run every cell of a grid (partitions x attacks x attacker counts x "
+        "defences) in this process: a ledger and the learning application executing blocks "
+        "of signed transactions, trainers training on their own partitions with their "
+        "registered behaviours, four validators voting with the genesis validation rule "
+        "on their own hold-out shards. Prints JSON (one record per cell: updates accepted, "
+        "rejected, left out and refused, honest and attacker; trust at the end; test "
+        "accuracy and loss per round); with --docs, also a markdown table and PNG plots. "
+        "Flags override the grid file.")
+    experiment.add_argument("--grid", type=Path, metavar="FILE",
+                            help="a TOML grid file (see benchmarks/grids/)")
+    experiment.add_argument("--model", choices=sorted(MODELS),
+                            help=f"default: {defaults.model}")
+    experiment.add_argument("--trainers", type=_positive_int, metavar="N",
+                            help=f"default: {defaults.trainers}")
+    experiment.add_argument("--rounds", type=_positive_int, metavar="N",
+                            help=f"default: {defaults.rounds}")
+    experiment.add_argument("--seed", type=_nonnegative_int, metavar="S",
+                            help=f"default: {defaults.seed}")
+    experiment.add_argument("--sync", choices=SYNC_SCHEMES.names(),
+                            help=f"default: {defaults.sync}")
+    experiment.add_argument("--epochs", type=_positive_int, metavar="N",
+                            help=f"local epochs per round (default: {defaults.epochs})")
+    experiment.add_argument("--partitions", type=_list, metavar="P,...",
+                            help=f"partitions, NAME[:VALUE] each: {partition_help()} "
+                            "(default: iid)")
+    experiment.add_argument("--attacks", type=_list, metavar="A,...",
+                            help=f"attacks, NAME[:SCALE] each: none (the clean run), {attacks}"
+                            " (default: none)")
+    experiment.add_argument("--attackers", type=_int_list, metavar="K,...",
+                            help="how many of the trainers (the last K) attack "
+                            f"(default: {','.join(map(str, defaults.attackers))})")
+    experiment.add_argument("--defences", type=_list, metavar="D,...",
+                            help="defences, VOTE[+AGGREGATOR] each: the vote is none "
+                            "(every validator accepts: plain aggregation) or "
+                            f"{', '.join(VALIDATION_RULES)}; the aggregator one of "
+                            f"{', '.join(AGGREGATORS)} (default: fedavg). "
+                            "Default: none,chance_bound")
+    experiment.add_argument("--docs", type=Path, metavar="DIR",
+                            help="write DIR/NAME.md (a results table) and DIR/NAME/*.png")
+    experiment.add_argument("--name", default="experiment",
+                            help="name of the results page (default: %(default)s)")
+    experiment.add_argument("--keep", type=Path, metavar="DIR",
+                            help="keep every cell's ledger in DIR/cell-N")
+    experiment.set_defaults(func=cmd_experiment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ other metrics by name (``accuracy`` for classification)."""
 class Scorer(Protocol):
     """Scores weights on the validator's hold-out shard."""
 
-    def __call__(self, weights: Sequence[np.ndarray]) -> Metrics: ...
+    def __call__(self, weights: Sequence[np.ndarray], /) -> Metrics: ...
 
 
 @dataclass(frozen=True)
