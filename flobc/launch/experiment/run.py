@@ -275,7 +275,8 @@ class _CellRun:
         out = {t.index: self.bench.train(t.cfg, t.data, base, round_)
                for t in taking_part if t.behaviour is None}
         honest = [out[i].delta for i in sorted(out)]
-        view = RoundView(round_, peers=lambda: [[np.array(x) for x in d] for d in honest])
+        view = RoundView(round_, peers=lambda: [[np.array(x) for x in d] for d in honest],
+                         trainers=len(taking_part), colluders=len(taking_part) - len(honest))
         for t in taking_part:
             if t.behaviour is None:
                 continue
