@@ -14,7 +14,7 @@ validators' evaluation (or a norm bound) can reject it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import ClassVar
 
@@ -112,6 +112,9 @@ class LabelFlip(Behaviour):
     """
 
     def data(self, data: Dataset, rng: np.random.Generator) -> Dataset:
+        if data.task != "classification":
+            raise ValueError(f"label_flip needs class labels; this dataset is "
+                             f"{data.task}")
         classes = np.unique(data.y)
         if len(classes) < 2:
             raise ValueError(f"label_flip needs at least two classes in the local data; "
@@ -119,7 +122,7 @@ class LabelFlip(Behaviour):
         order = rng.permutation(classes)
         relabel = dict(zip(order.tolist(), np.roll(order, -1).tolist(), strict=True))
         flipped = np.array([relabel[label] for label in data.y.tolist()], dtype=data.y.dtype)
-        return Dataset(data.x, flipped)
+        return replace(data, y=flipped)
 
 
 @BEHAVIOURS.register("scaling")
