@@ -103,7 +103,8 @@ def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: Train
              for t, b in zip(learner.get_weights(), base.weights, strict=True)]
     behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
     delta = behaviour.delta(delta, np.random.default_rng(seed), RoundView(round_))
-    return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
+    return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"],
+                                        metrics.get("accuracy", 0.0)))
 
 
 def milli(value: float, high: int) -> int:
@@ -131,7 +132,7 @@ class Poller:
 class Trainer:
     """One trainer home, joined to its chain."""
 
-    def __init__(self, cfg: TrainerConfig, learner_factory: Callable[[str, int], Learner],
+    def __init__(self, cfg: TrainerConfig, learner_factory: Callable[..., Learner],
                  stop: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.stop = stop or threading.Event()
@@ -159,7 +160,7 @@ class Trainer:
         self.journal = Journal(cfg.home)
         self.data = local_data(cfg, self.fl.seed)
         try:
-            self.learner = learner_factory(self.fl.model, self.fl.seed)
+            self.learner = learner_factory(self.fl.model, self.fl.seed, task=self.data.spec)
         except ModelError as exc:
             raise ConfigError(f"cannot build the chain's model: {exc}") from exc
         self._poller = Poller(self.stop, self.rng)
