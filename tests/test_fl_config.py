@@ -143,7 +143,7 @@ def test_model_is_the_zoo_or_a_builder_reference(model: str) -> None:
 @pytest.mark.parametrize("model", ["resnet", "model:", ":build", "model.build", "a b:c",
                                    "pkg..mod:f", "pkg.mod:f.g", "1pkg:f", "m:f" + "x" * 126])
 def test_a_model_that_names_nothing_is_refused_before_anything_is_imported(model: str) -> None:
-    with pytest.raises(ConfigError, match=r"app.model must be a model of the zoo \(mnist_cnn, "
+    with pytest.raises(ConfigError, match=r"app.model must be a model of the zoo \(.*mnist_cnn, "
                                           r"mnist_mlp\) or a builder named "
                                           r"package.module:function"):
         FLConfig(V0, admission="open", model=model)

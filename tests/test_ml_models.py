@@ -50,8 +50,10 @@ def test_models_are_small_compiled_classifiers(name: str, params: int) -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    assert sorted(MODELS) == ["mnist_cnn", "mnist_mlp"]
-    with pytest.raises(ValueError, match="'resnet'; known models: mnist_cnn, mnist_mlp"):
+    assert sorted(MODELS) == ["breast_cancer_mlp", "diabetes_mlp", "digits_mlp", "mnist_cnn",
+                              "mnist_mlp"]
+    with pytest.raises(ValueError, match="'resnet'; known models: breast_cancer_mlp, "
+                                         "diabetes_mlp, digits_mlp, mnist_cnn, mnist_mlp"):
         build_model("resnet", seed=0)
 
 

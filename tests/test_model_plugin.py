@@ -14,6 +14,7 @@ import pytest
 
 from flobc.ml.models import (
     LEARNING_RATE,
+    MNIST_TASK,
     ModelError,
     build_model,
     check_importable,
@@ -92,14 +93,14 @@ def test_unseeded_initial_weights_are_refused() -> None:
 
 @pytest.mark.parametrize(("name", "message"), [
     ("flobc_test_plugins:three_classes",
-     r"maps \(None, 28, 28, 1\) to \(None, 3\); it must map \(None, 28, 28, 1\) images to "
-     r"\(None, 10\) class probabilities"),
+     r"maps \(None, 28, 28, 1\) to \(None, 3\); for this dataset \(classification\) it "
+     r"must map \(None, 28, 28, 1\) features to \(None, 10\) class probabilities"),
     ("flobc_test_plugins:unbuilt", r"has no weights; start it with keras.Input\(\(28, 28, 1\)\)"),
     ("flobc_test_plugins:not_a_model", "the builder returned str, not a keras.Model"),
 ])
 def test_a_model_that_does_not_fit_the_data_is_refused(name: str, message: str) -> None:
     with pytest.raises(ModelError, match=message):
-        build_model(name, 0)
+        build_model(name, 0, MNIST_TASK)
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -111,7 +112,8 @@ def test_a_model_that_does_not_fit_the_data_is_refused(name: str, message: str) 
      "importing module 'flobc_test_broken' failed: RuntimeError: needs a GPU"),
     ("flobc_test_plugins:nope", "module 'flobc_test_plugins' has no function 'nope'"),
     ("flobc_test_plugins:not_callable", "has no function 'not_callable'"),
-    ("resnet", "unknown model 'resnet'; known models: mnist_cnn, mnist_mlp, or a builder"),
+    ("resnet", "unknown model 'resnet'; known models: breast_cancer_mlp, diabetes_mlp, "
+     "digits_mlp, mnist_cnn, mnist_mlp, or a builder"),
 ])
 def test_a_name_that_builds_nothing_is_named(name: str, message: str) -> None:
     with pytest.raises(ModelError, match=message):

@@ -138,7 +138,8 @@ def train_round(learner: Learner, base: VerifiedModel, data: Dataset, cfg: Train
         view = RoundView(round_, peers=partial(estimated_peers, learner, base, data, cfg,
                                                round_))
     delta = behaviour.delta(delta, np.random.default_rng(seed), view)
-    return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"], metrics["accuracy"]))
+    return behaviour.submit(LocalUpdate(delta, len(data), metrics["loss"],
+                                        metrics.get("accuracy", 0.0)))
 
 
 def milli(value: float, high: int) -> int:
@@ -166,7 +167,7 @@ class Poller:
 class Trainer:
     """One trainer home, joined to its chain."""
 
-    def __init__(self, cfg: TrainerConfig, learner_factory: Callable[[str, int], Learner],
+    def __init__(self, cfg: TrainerConfig, learner_factory: Callable[..., Learner],
                  stop: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.stop = stop or threading.Event()
@@ -196,7 +197,7 @@ class Trainer:
         """One instance for the whole run: a behaviour may remember earlier rounds."""
         self.data = local_data(cfg, self.fl.seed, self.behaviour)
         try:
-            self.learner = learner_factory(self.fl.model, self.fl.seed)
+            self.learner = learner_factory(self.fl.model, self.fl.seed, task=self.data.spec)
         except ModelError as exc:
             raise ConfigError(f"cannot build the chain's model: {exc}") from exc
         self._poller = Poller(self.stop, self.rng)

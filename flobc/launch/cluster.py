@@ -111,7 +111,7 @@ class Monitor:
         fl = FLConfig.from_genesis(genesis)
         try:  # DatasetError and ModelError: the user's file or builder
             data = load_dataset(fl.dataset, None if dataset_file is None else str(dataset_file))
-            self.learner = learner_for(fl.model, fl.seed)
+            self.learner = learner_for(fl.model, fl.seed, task=data.spec)
         except ValueError as exc:
             raise LaunchError(f"cannot measure test accuracy: {exc}") from exc
         self.test = split(data, seed=fl.seed).test

@@ -27,6 +27,7 @@ from flobc.config import (
 )
 from flobc.crypto import PrivateKey, sha256
 from flobc.errors import LaunchError
+from flobc.ml.dataset import Task
 from flobc.ml.partition import parse_partition
 from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.protocol.settings import FLConfig
@@ -94,9 +95,10 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
                     trainers=tuple(k.public_key for k in keys)
                     if options.admission == "allowlist" else ())
     FLConfig(model_v0_hash=bytes(32), **settings)
-    options = dataclasses.replace(options, dataset_file=_checked_dataset_file(options))
+    dataset_file, task = _checked_dataset(options)
+    options = dataclasses.replace(options, dataset_file=dataset_file)
     try:
-        model_v0 = encode_weights(initial_weights(options.model, options.seed))
+        model_v0 = encode_weights(initial_weights(options.model, options.seed, task))
     except ModelError as exc:
         raise ConfigError(str(exc)) from exc
     if len(model_v0) > options.max_blob_bytes:
@@ -107,23 +109,21 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
     return FLGenesis({"name": "fl", **config.to_app_dict()}, model_v0, keys, options)
 
 
-def _checked_dataset_file(options: FLOptions) -> str | None:
-    """The absolute path of a dataset read from a file, once it loads; None for the
-    others."""
+def _checked_dataset(options: FLOptions) -> tuple[str | None, Task]:
+    """The dataset, loaded once to check it: the absolute path of its file (None when
+    it is not read from one) and the task the model must fit."""
     from flobc.ml.data import DATASETS, DatasetError, load_dataset
 
     if DATASETS.get(options.dataset).needs_file != (options.dataset_file is not None):
         raise ConfigError(f"--dataset-file is needed with --dataset "
                           f"{' or '.join(n for n in DATASETS if DATASETS.get(n).needs_file)},"
                           f" and only with them")
-    if options.dataset_file is None:
-        return None
-    path = Path(options.dataset_file).resolve()
+    path = None if options.dataset_file is None else str(Path(options.dataset_file).resolve())
     try:
-        load_dataset(options.dataset, str(path))
+        return path, load_dataset(options.dataset, path).spec
     except DatasetError as exc:
-        raise ConfigError(f"--dataset-file: {exc}") from exc
-    return str(path)
+        flag = "--dataset-file" if path is not None else f"--dataset {options.dataset}"
+        raise ConfigError(f"{flag}: {exc}") from exc
 
 
 def write_fl_genesis_files(out: Path, validators: Sequence[NodeConfig], fl: FLGenesis, *,

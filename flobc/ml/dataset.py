@@ -32,6 +32,17 @@ class DatasetError(InputError):
 
 
 @dataclass(frozen=True)
+class Task:
+    """What a model must do for a dataset: its kind, one sample's feature shape, and its
+    outputs (classes, labels, or targets per sample). A model is checked against it and
+    trained and scored by its kind's loss and metrics (flobc.ml.learner)."""
+
+    kind: str
+    sample_shape: tuple[int, ...]
+    outputs: int
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Features as float32 (N, ...) and targets of ``task``: int64 (N,) labels below
     ``classes`` (classification), float32 (N,) or (N, k) values (regression), or float32
@@ -76,6 +87,13 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample's features (a model's input shape)."""
         return tuple(self.x.shape[1:])
+
+    @property
+    def spec(self) -> Task:
+        """The task this dataset poses."""
+        outputs = (self.classes if self.task != "regression"
+                   else 1 if self.y.ndim == 1 else self.y.shape[1])
+        return Task(self.task, self.sample_shape, outputs)
 
     @property
     def strata(self) -> np.ndarray:

@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from flobc.ml.dataset import Task
+from flobc.ml.objectives import OBJECTIVES
 from flobc.ml.weights import WeightsError, spec
 
 if TYPE_CHECKING:
     import keras
 
 EVAL_BATCH_SIZE = 256
-PROB_EPSILON = 1e-7
-"""Probabilities are clipped as Keras' cross-entropy does, so a confident wrong answer
-costs a finite loss."""
 
 
 @runtime_checkable
@@ -40,11 +39,12 @@ class Learner(Protocol):
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
             seed: int) -> dict[str, float]:
-        """Train in place; return the last epoch's ``loss``, ``accuracy`` and ``samples``."""
+        """Train in place; return the last epoch's ``loss``, the task's metrics and
+        ``samples``."""
         ...
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """``loss`` and ``accuracy`` of the current weights on (x, y)."""
+        """``loss`` and the task's metrics of the current weights on (x, y)."""
         ...
 
     def save(self, path: str) -> None:
@@ -59,12 +59,14 @@ class Learner(Protocol):
 
 
 class KerasLearner:
-    """``Learner`` for a compiled Keras 3 model (see ``flobc.ml.models``)."""
+    """``Learner`` for a compiled Keras 3 model (see ``flobc.ml.models``) of a task
+    kind (``flobc.ml.objectives``)."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, kind: str = "classification") -> None:
         if not model.compiled:
             raise ValueError("the Keras model must be compiled")
         self.model = model
+        self.objective = OBJECTIVES.get(kind)()
         self._spec = spec(model.get_weights())
         model.optimizer.build(model.trainable_variables)
         self._fresh_optimizer = [v.numpy() for v in model.optimizer.variables]
@@ -94,26 +96,22 @@ class KerasLearner:
             order = rng.permutation(len(x))
             history = self.model.fit(x[order], y[order], batch_size=batch_size, epochs=1,
                                      shuffle=False, verbose=0)
-        return {"loss": float(history.history["loss"][-1]),
-                "accuracy": float(history.history["accuracy"][-1]),
-                "samples": len(x)}
+        last = {name: float(values[-1]) for name, values in history.history.items()}
+        metrics = {"loss": last["loss"], "samples": len(x)}
+        for keras_name, name in zip(self.objective.keras_metrics, self.objective.metrics,
+                                    strict=False):
+            metrics[name] = last[keras_name]
+        return metrics
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Mean cross-entropy and accuracy from direct calls of the model, batch by batch:
+        """The task's loss and metrics from direct calls of the model, batch by batch:
         Keras' ``evaluate`` costs several times the inference itself on small sets, and
         validators evaluate every update."""
         if len(x) == 0:
             raise ValueError("evaluate needs at least one sample")
-        loss = 0.0
-        correct = 0
-        for start in range(0, len(x), EVAL_BATCH_SIZE):
-            probs = np.asarray(self.model(x[start:start + EVAL_BATCH_SIZE], training=False),
-                               dtype=np.float64)
-            labels = y[start:start + EVAL_BATCH_SIZE].astype(np.int64)
-            picked = probs[np.arange(len(labels)), labels]
-            loss -= float(np.log(np.clip(picked, PROB_EPSILON, 1.0)).sum())
-            correct += int((probs.argmax(axis=1) == labels).sum())
-        return {"loss": loss / len(x), "accuracy": correct / len(x)}
+        return self.objective.score([
+            (np.asarray(self.model(x[i:i + EVAL_BATCH_SIZE], training=False)),
+             y[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(x), EVAL_BATCH_SIZE)])
 
     def save(self, path: str) -> None:
         self.model.save(path)
@@ -136,16 +134,20 @@ def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray
     return score
 
 
-def learner_for(model: str, seed: int, *, single_thread: bool = False) -> Learner:
+def learner_for(model: str, seed: int, *, task: Task | None = None,
+                single_thread: bool = False) -> Learner:
     """The learner for a genesis model (a zoo name or a builder), its version-0 weights
-    drawn from ``seed``. Imports TensorFlow, so only processes that train or evaluate
-    call it; ``single_thread`` keeps TensorFlow to one thread (a worker beside
-    consensus)."""
+    drawn from ``seed``, checked against and trained for the dataset's ``task`` (None:
+    the zoo model's own task, or an unchecked classifier). Imports TensorFlow, so only
+    processes that train or evaluate call it; ``single_thread`` keeps TensorFlow to one
+    thread (a worker beside consensus)."""
     if single_thread:
         import tensorflow as tf
 
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.threading.set_intra_op_parallelism_threads(1)
-    from flobc.ml.models import build_model
+    from flobc.ml.models import build_model, model_task
 
-    return KerasLearner(build_model(model, seed))
+    task = task or model_task(model)
+    return KerasLearner(build_model(model, seed, task),
+                        "classification" if task is None else task.kind)

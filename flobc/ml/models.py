@@ -10,10 +10,12 @@ seconds.
 Besides the zoo's names, a model may be named ``package.module:function``: a
 builder ``function(seed: int) -> keras.Model`` that every validator and trainer
 imports from its own path (PYTHONPATH or an installed package). The same rules
-hold for it as for the zoo: it takes the dataset's (28, 28, 1) images and outputs
-probabilities over the 10 classes, and seeds every initializer from ``seed``.
-flobc compiles what it returns with its own SGD settings (a compile in the builder
-is replaced), so that every participant trains alike.
+hold for it as for the zoo: it takes one sample of the dataset's features and gives
+the task's outputs (``flobc.ml.dataset.Task``: softmax probabilities over the
+classes, one value per regression target, or a sigmoid per label), and seeds every
+initializer from ``seed``. flobc compiles what it returns with its own SGD settings
+and the task's loss (a compile in the builder is replaced), so that every
+participant trains alike.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flobc.errors import InputError
+from flobc.ml.dataset import Task
+from flobc.ml.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     import keras
 
-INPUT_SHAPE = (28, 28, 1)
-N_CLASSES = 10
 LEARNING_RATE = 0.1
 CLIP_NORM = 3.0
 """Each SGD step's gradient is scaled down to this global norm at most. Without it, one
@@ -50,6 +52,12 @@ class ModelError(InputError):
 def _layer_seeds(seed: int, n: int) -> list[int]:
     """``n`` independent 31-bit seeds derived from one, so no two layers share values."""
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n) >> 1]
+
+
+INPUT_SHAPE = (28, 28, 1)
+N_CLASSES = 10
+MNIST_TASK = Task("classification", INPUT_SHAPE, N_CLASSES)
+"""What the MNIST models are for: 28x28 grey images, 10 digits."""
 
 
 def _mnist_cnn(seed: int) -> keras.Model:
@@ -82,10 +90,38 @@ def _mnist_mlp(seed: int) -> keras.Model:
     ], name="mnist_mlp")
 
 
+def _dense(name: str, inputs: int, hidden: int, outputs: int, activation: str | None
+           ) -> Callable[[int], keras.Model]:
+    """A one-hidden-layer network on ``inputs`` features (tabular data, small images)."""
+    def build(seed: int) -> keras.Model:
+        import keras
+
+        s = iter(_layer_seeds(seed, 2))
+        init = keras.initializers.GlorotUniform
+        return keras.Sequential([
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, activation="relu", kernel_initializer=init(next(s))),
+            keras.layers.Dense(outputs, activation=activation,
+                               kernel_initializer=init(next(s))),
+        ], name=name)
+    return build
+
+
 MODELS: dict[str, Callable[[int], keras.Model]] = {
     "mnist_cnn": _mnist_cnn,
     "mnist_mlp": _mnist_mlp,
+    "digits_mlp": _dense("digits_mlp", 64, 32, 10, "softmax"),
+    "breast_cancer_mlp": _dense("breast_cancer_mlp", 30, 16, 2, "softmax"),
+    "diabetes_mlp": _dense("diabetes_mlp", 10, 16, 1, None),
 }
+MODEL_TASKS: dict[str, Task] = {
+    "mnist_cnn": MNIST_TASK,
+    "mnist_mlp": MNIST_TASK,
+    "digits_mlp": Task("classification", (64,), 10),
+    "breast_cancer_mlp": Task("classification", (30,), 2),
+    "diabetes_mlp": Task("regression", (10,), 1),
+}
+"""The task each zoo model is made for (the datasets of the same names)."""
 DEFAULT_MODEL = "mnist_cnn"
 
 
@@ -138,50 +174,67 @@ def _not_on_path(name: str, exc: ImportError) -> ModelError:
                       "(PYTHONPATH, or install it)")
 
 
-def build_model(name: str, seed: int) -> keras.Model:
-    """A compiled model whose initial weights depend only on ``name`` and ``seed``."""
+def model_task(name: str) -> Task | None:
+    """The task a zoo model is made for; None for a builder (its dataset says)."""
+    return MODEL_TASKS.get(name)
+
+
+def build_model(name: str, seed: int, task: Task | None = None) -> keras.Model:
+    """A compiled model whose initial weights depend only on ``name`` and ``seed``,
+    checked against ``task`` (None: a zoo model's own task; a builder's model is then
+    compiled as a classifier, unchecked) and compiled with its loss."""
     builder = model_builder(name)
     import keras
 
+    task = task or model_task(name)
     model = builder(seed)
-    _check_shape(name, model)
+    _check_shape(name, model, task)
+    objective = OBJECTIVES.get("classification" if task is None else task.kind)
     model.compile(
         optimizer=keras.optimizers.SGD(LEARNING_RATE, global_clipnorm=CLIP_NORM),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=objective.keras_loss,
+        metrics=list(objective.keras_metrics),
     )
     return model
 
 
-def _check_shape(name: str, model: object) -> None:
-    """A builder's model must take the dataset's images and give one probability per class."""
+_OUTPUTS = {"classification": "class probabilities", "regression": "target values",
+            "multilabel": "label probabilities"}
+
+
+def _check_shape(name: str, model: object, task: Task | None) -> None:
+    """A model must take one sample of the task's features and give its outputs."""
     import keras
 
     if not isinstance(model, keras.Model):
         raise ModelError(f"model {name!r}: the builder returned {type(model).__name__}, "
                          "not a keras.Model")
+    start = f"keras.Input({task.sample_shape})" if task is not None else "keras.Input"
     if not model.weights:
-        raise ModelError(f"model {name!r} has no weights; start it with "
-                         f"keras.Input({INPUT_SHAPE}) so that it is built")
-    want_in, want_out = (None, *INPUT_SHAPE), (None, N_CLASSES)
+        raise ModelError(f"model {name!r} has no weights; start it with {start} so that "
+                         f"it is built")
     try:
         got_in, got_out = tuple(model.input_shape), tuple(model.output_shape)
     except (AttributeError, ValueError, TypeError) as exc:
         raise ModelError(f"model {name!r}: cannot read its input and output shapes ({exc}); "
-                         f"start it with keras.Input({INPUT_SHAPE})") from exc
+                         f"start it with {start}") from exc
+    if task is None:
+        return
+    want_in, want_out = (None, *task.sample_shape), (None, task.outputs)
     if (got_in, got_out) != (want_in, want_out):
-        raise ModelError(f"model {name!r} maps {got_in} to {got_out}; it must map "
-                         f"{want_in} images to {want_out} class probabilities")
+        raise ModelError(f"model {name!r} maps {got_in} to {got_out}; for this dataset "
+                         f"({task.kind}) it must map {want_in} features to {want_out} "
+                         f"{_OUTPUTS[task.kind]}")
 
 
-def initial_weights(name: str, seed: int) -> list[np.ndarray]:
+def initial_weights(name: str, seed: int, task: Task | None = None) -> list[np.ndarray]:
     """The round-zero weights: bit-identical on every call and in every process.
 
     A builder from outside the zoo is built twice and must give the same weights both
     times: an initializer without a seed would draw new ones on every build."""
-    weights = [np.asarray(w) for w in build_model(name, seed).get_weights()]
+    weights = [np.asarray(w) for w in build_model(name, seed, task).get_weights()]
     if name not in MODELS:
-        again = build_model(name, seed).get_weights()
+        again = build_model(name, seed, task).get_weights()
         if not all(np.array_equal(a, b) for a, b in zip(weights, again, strict=True)):
             raise ModelError(f"model {name!r} is not deterministic: two builds with seed "
                              f"{seed} gave different weights; give every layer an "
