@@ -413,3 +413,27 @@ def test_the_worker_refuses_a_malformed_judgement(evaluators: list[Evaluator],
     with pytest.raises(EvaluatorError, match=f"limit is {MAX_CANDIDATES}"):
         worker.judge(RULE, ref.base, [ref] * (MAX_CANDIDATES + 1), [], blobs.fetch)
     assert judge_one(worker, base, base).accept  # still serving
+
+
+def test_a_round_wise_rule_waits_for_the_expected_updates_or_its_share_of_the_deadline(
+        ) -> None:
+    from dataclasses import replace
+
+    from flobc.protocol.settings import FLConfig
+    from flobc.protocol.state import Meta
+    from flobc.protocol.validation import Influence
+    from flobc.validator.fl.voter import judge_at
+
+    a, b, c, d, outsider = (bytes([i]) * 32 for i in range(1, 6))
+    bsp = FLConfig(model_v0_hash=bytes(32), admission="open", round_deadline_ms=60_000,
+                   validation=Influence(wait_fraction=0.25))
+    meta = Meta(3, 2, 1_000, 61_000, (a, b, c, d))
+    assert judge_at(bsp, meta, {a, b, c, d}) is None
+    assert judge_at(bsp, meta, {a, b, c}) == 16_000
+    assert judge_at(bsp, meta, {a, b, c, outsider}) == 16_000
+    ssp = replace(bsp, sync="ssp")  # ssp_min_fraction 0.75: three of the four
+    assert judge_at(ssp, meta, {a, b, c}) is None
+    assert judge_at(ssp, meta, {a, b}) == 16_000
+    late = replace(bsp, validation=Influence(wait_fraction=2.0))
+    assert judge_at(late, meta, {a}) == meta.deadline_ms
+    assert judge_at(bsp, replace(meta, expected=()), set()) is None

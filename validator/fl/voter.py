@@ -199,15 +199,8 @@ class Voter:
 
     def _round_ready(self, meta: Meta, arrived: set[bytes]) -> bool:
         """Whether a round-wise rule may judge now; if not, when it may (``_vote_at_ms``)."""
-        expected = len(meta.expected)
-        if self._config.scheme.enough_decided(self._config, expected,
-                                              len(arrived.intersection(meta.expected))):
-            return True
-        if expected == 0:
-            return True  # no one to wait for
-        wait = round(self._rule.vote_wait_fraction() * self._config.round_deadline_ms)
-        at = min(meta.round_opened_ms + wait, meta.deadline_ms)
-        if self._host.now_ms() >= at:
+        at = judge_at(self._config, meta, arrived)
+        if at is None or self._host.now_ms() >= at:
             return True
         self._vote_at_ms = at
         return False
@@ -340,6 +333,20 @@ class Voter:
         """When this validator's turn to close ``round_`` comes (local clock, ms)."""
         turn = (self._host.index - round_) % self._host.validators.n
         return deadline_ms + CLOSE_MARGIN_MS + turn * CLOSE_STAGGER_MS
+
+
+def judge_at(config: FLConfig, meta: Meta, arrived: set[bytes]) -> int | None:
+    """When a round-wise rule may judge the open round's updates: None (now) once every
+    expected trainer's update is in, or under SSP enough of them to close the round, or
+    when the round expects no one; otherwise the time its wait ends, the rule's
+    ``vote_wait_fraction`` of ``round_deadline_ms`` after the round opened, never past
+    the deadline."""
+    expected = len(meta.expected)
+    if expected == 0 or config.scheme.enough_decided(
+            config, expected, len(arrived.intersection(meta.expected))):
+        return None
+    wait = round(config.validation.vote_wait_fraction() * config.round_deadline_ms)
+    return min(meta.round_opened_ms + wait, meta.deadline_ms)
 
 
 def _job(round_: int, trainer: bytes, update: UpdateRecord) -> _Job:
