@@ -35,3 +35,13 @@ def test_label_shard_trainers_are_accepted_under_the_influence_rule(tmp_path: Pa
     assert all(r["excluded"] == [] for r in rows)
     assert len({r["model_hash"] for r in rows}) == len(rows), "every round moves the model"
     assert rows[-1]["accuracy"] > rows[0]["accuracy"], [r["accuracy"] for r in rows]
+
+
+def test_the_same_federation_under_chance_bound_never_leaves_version_0(tmp_path: Path
+                                                                       ) -> None:
+    """The default rule on the same run: why the round-wise rule exists."""
+    rows, _ = cluster_up(tmp_path, "--trainers", str(TRAINERS), "--partition", "shards:2",
+                         rounds=ROUNDS)
+    statuses = [s for r in rows[:ROUNDS] for s in r["updates"].values()]
+    assert statuses and set(statuses) == {"rejected"}, rows
+    assert len({r["model_hash"] for r in rows}) == 1, "every version is version 0's weights"

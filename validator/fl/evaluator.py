@@ -55,8 +55,9 @@ MAX_CANDIDATES = 256
 """Updates one ``judge`` may name: its request and reply stay within SETTINGS_BYTES and
 MAX_REPLY_BYTES."""
 CACHE_BYTES = 256 * 1024 * 1024
-"""Blobs the worker keeps (least recently used dropped first); a round whose blobs do
-not fit cannot be judged, and the error says so."""
+"""Blobs the worker keeps (least recently used dropped first), and at least three of the
+largest (a base, an older base and an update: one update alone can always be judged);
+a round whose blobs do not fit cannot be judged, and the error says so."""
 
 
 class EvaluatorError(ValidatorError, RuntimeError):
@@ -143,7 +144,7 @@ class Evaluator:
                 reply = self._exchange(request)
             if reply[0] == "missing":
                 raise EvaluatorError(f"the round's blobs do not fit in the worker's cache "
-                                     f"of {CACHE_BYTES} bytes")
+                                     f"of {cache_bytes(self.settings)} bytes")
         return _verdicts(_ok(reply), todo)
 
     def score(self, weights: bytes) -> Score:
@@ -265,6 +266,11 @@ class Evaluator:
             process.close()
 
 
+def cache_bytes(settings: EvaluatorSettings) -> int:
+    """How many bytes of blobs the worker keeps (see CACHE_BYTES)."""
+    return max(CACHE_BYTES, 3 * settings.max_blob_bytes)
+
+
 def _ok(reply: list[Any]) -> Any:
     if reply[0] != "ok":
         raise EvaluatorError(str(reply[1]))
@@ -383,7 +389,7 @@ class _Worker:
             self.blobs[digest] = blob
             self.cached_bytes += len(blob)
         self.blobs.move_to_end(digest)
-        while self.cached_bytes > CACHE_BYTES:
+        while self.cached_bytes > cache_bytes(self.settings):
             self.cached_bytes -= len(self.blobs.popitem(last=False)[1])
         return digest
 
