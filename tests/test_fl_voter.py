@@ -404,6 +404,7 @@ def test_a_stale_update_is_rebased_to_the_judged_version(evaluators: list[Evalua
 def test_the_worker_refuses_a_malformed_judgement(evaluators: list[Evaluator],
                                                   base: Weights) -> None:
     worker = evaluators[3]
+    pid = worker.pid
     blobs = Blobs()
     [ref] = round_refs(blobs, base, [base])
     with pytest.raises(EvaluatorError, match="todo must list distinct trainers"):
@@ -412,7 +413,8 @@ def test_the_worker_refuses_a_malformed_judgement(evaluators: list[Evaluator],
         worker.judge(RULE, ref.base, [ref, ref], [ref.trainer], blobs.fetch)
     with pytest.raises(EvaluatorError, match=f"limit is {MAX_CANDIDATES}"):
         worker.judge(RULE, ref.base, [ref] * (MAX_CANDIDATES + 1), [], blobs.fetch)
-    assert judge_one(worker, base, base).accept  # still serving
+    assert worker.pid == pid  # still serving, the same worker
+    assert judge_one(worker, base, [np.zeros_like(w) for w in base]).accept
 
 
 def test_a_round_wise_rule_waits_for_the_expected_updates_or_its_share_of_the_deadline(
