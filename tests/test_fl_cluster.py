@@ -25,10 +25,11 @@ TRUST_THRESHOLD = 0.1
 """The genesis default ``trust_threshold`` (100,000 millionths)."""
 
 
-def cluster_up(tmp: Path, *extra: str) -> tuple[list[dict[str, Any]], Path]:
-    """Run ``flobc cluster up`` for ROUNDS rounds; its history rows and testnet folder."""
+def cluster_up(tmp: Path, *extra: str, rounds: int = ROUNDS
+               ) -> tuple[list[dict[str, Any]], Path]:
+    """Run ``flobc cluster up`` for ``rounds`` rounds; its history rows and testnet folder."""
     history, keep = tmp / "history.json", tmp / "net"
-    command = [sys.executable, "-m", "flobc", "cluster", "up", "--rounds", str(ROUNDS),
+    command = [sys.executable, "-m", "flobc", "cluster", "up", "--rounds", str(rounds),
                "--history", str(history), "--keep", str(keep), *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"cluster up failed:\n{done.stdout[-3000:]}\n" \

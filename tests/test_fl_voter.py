@@ -1,11 +1,14 @@
-"""The voter's decision rule on real weights, scored by the real evaluator worker.
+"""The voter's decision rules on real weights, judged by the real evaluator worker.
 
 Each of the four validators' hold-out shards gets its own worker process, as on a
 testnet. Honest updates are one local epoch on a trainer's share of the data, as a
 trainer computes them, in four FedAvg rounds of two trainers; the attacks are trainer
 0's update sign-flipped and scaled x5, and N(0, 1) noise, in every one of those rounds.
 Round 1 is also played with four trainers of 1,000 samples: the smaller honest step
-makes its sign-flipped twin the hardest attack to see.
+makes its sign-flipped twin the hardest attack to see. The worker gets blobs by hash
+(``put``) and judges by the rule's genesis table; the last tests check that the
+worker's verdicts are the rule's own ``judge`` run in this process with
+``shard_scorer``, and how blobs reach it.
 """
 
 from __future__ import annotations
@@ -22,11 +25,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flobc.crypto import sha256
 from flobc.ml.data import load_dataset, split
 from flobc.ml.partition import partition
 from flobc.ml.weights import encode_weights
-from flobc.protocol.validation import CHANCE_ACCURACY, CHANCE_LOSS, ChanceBound, Evaluation
-from flobc.validator.fl.evaluator import Evaluator, EvaluatorError, EvaluatorSettings
+from flobc.protocol.validation import (
+    CHANCE_ACCURACY,
+    CHANCE_LOSS,
+    ChanceBound,
+    Evaluation,
+    ValidationRule,
+    Verdict,
+)
+from flobc.validator.fl.evaluator import (
+    MAX_CANDIDATES,
+    CandidateRef,
+    Evaluator,
+    EvaluatorError,
+    EvaluatorSettings,
+)
 
 RULE = ChanceBound()
 decide = RULE.decide
@@ -97,13 +114,48 @@ def small_round_1(base: Weights) -> Round:
     return play(base, trainers=4, rounds=1)[0]
 
 
+class Blobs(dict[bytes, bytes]):
+    """Blobs by hash, as the voter reads them from the ledger; counts what is fetched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetched: list[bytes] = []
+
+    def add(self, weights: Weights) -> bytes:
+        blob = encode_weights(weights)
+        self[sha256(blob)] = blob
+        return sha256(blob)
+
+    def fetch(self, digest: bytes) -> bytes | None:
+        self.fetched.append(digest)
+        return self.get(digest)
+
+
+TRAINER = bytes(range(32))
+
+
+def judge_one(worker: Evaluator, base: Weights, delta: Weights,
+              rule: ValidationRule = RULE) -> Verdict:
+    """The worker's verdict on one update trained on ``base``."""
+    blobs = Blobs()
+    base_hash = blobs.add(base)
+    ref = CandidateRef(TRAINER, blobs.add(delta), 100, base_hash)
+    return worker.judge(rule, base_hash, [ref], [TRAINER], blobs.fetch)[TRAINER]
+
+
+def evaluate(worker: Evaluator, base: Weights, delta: Weights) -> Evaluation:
+    evaluation = judge_one(worker, base, delta).evaluation
+    assert evaluation is not None
+    return evaluation
+
+
 def verdicts(evaluators: list[Evaluator], base: Weights,
              delta: Weights) -> list[tuple[bool, int, Evaluation]]:
-    blob = encode_weights(base)
     found = []
     for e in evaluators:
-        evaluation = e.evaluate(blob, encode_weights(delta))
-        found.append((*decide(evaluation), evaluation))
+        v = judge_one(e, base, delta)
+        assert v.evaluation is not None and (v.accept, v.score_milli) == decide(v.evaluation)
+        found.append((v.accept, v.score_milli, v.evaluation))
     return found
 
 
@@ -152,11 +204,14 @@ def test_bad_input_is_refused_and_the_worker_keeps_serving(
     worker = evaluators[0]
     pid = worker.pid
     wrong_shape = [w.reshape(-1) for w in base]
+    base_blob = encode_weights(base)
     for blob in (b"\xc1", encode_weights(wrong_shape)):
+        source = {sha256(base_blob): base_blob, sha256(blob): blob}
+        ref = CandidateRef(TRAINER, sha256(blob), 1, sha256(base_blob))
         with pytest.raises(EvaluatorError, match="WeightsError"):
-            worker.evaluate(encode_weights(base), blob)
+            worker.judge(RULE, sha256(base_blob), [ref], [TRAINER], source.get)
     assert worker.pid == pid
-    assert worker.evaluate(encode_weights(base), encode_weights(base)).new_loss > 0
+    assert evaluate(worker, base, base).new_loss > 0
 
 
 def test_a_killed_worker_is_replaced(base: Weights) -> None:
@@ -167,8 +222,7 @@ def test_a_killed_worker_is_replaced(base: Weights) -> None:
         first = worker.pid
         assert first is not None
         os.kill(first, 9)
-        zero = encode_weights([np.zeros_like(w) for w in base])
-        evaluation = worker.evaluate(encode_weights(base), zero)
+        evaluation = evaluate(worker, base, [np.zeros_like(w) for w in base])
         assert worker.pid not in (None, first)
         assert worker.starts == 2
         assert evaluation.new_loss == evaluation.base_loss
@@ -188,7 +242,7 @@ def test_a_stopped_evaluator_refuses_work_and_leaves_no_process(base: Weights) -
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     with pytest.raises(EvaluatorError, match="stopping"):
-        worker.evaluate(encode_weights(base), encode_weights(base))
+        evaluate(worker, base, base)
 
 
 def test_decide_at_its_boundaries() -> None:
@@ -265,3 +319,123 @@ def test_the_worker_dies_with_a_killed_node() -> None:
     finally:
         node.kill()
         node.wait()
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    """The rule's own judge, scored here with ``shard_scorer`` on validator 0's shard:
+    what an experiment runs."""
+    from flobc.ml.data import validator_shard
+    from flobc.ml.learner import learner_for, shard_scorer
+
+    shard = validator_shard(split(load_dataset(DATASET), seed=SEED).validator_holdout, 0,
+                            VALIDATORS)
+    return shard_scorer(learner_for(MODEL, SEED), shard.x, shard.y)
+
+
+def round_refs(blobs: Blobs, base: Weights, deltas: list[Weights]) -> list[CandidateRef]:
+    base_hash = blobs.add(base)
+    return [CandidateRef(bytes([t]) * 32, blobs.add(d), 500, base_hash)
+            for t, d in enumerate(deltas)]
+
+
+def test_the_worker_judges_a_round_as_the_rule_does_in_process(
+        evaluators: list[Evaluator], rounds: list[Round], in_process) -> None:
+    from flobc.protocol.validation import Candidate, Influence
+
+    base, deltas = rounds[-1]
+    deltas = [*deltas, [10 * d for d in deltas[0]]]  # and a scaled copy of trainer 0
+    blobs = Blobs()
+    refs = round_refs(blobs, base, deltas)
+    todo = [r.trainer for r in refs]
+    found = evaluators[0].judge(Influence(), refs[0].base, refs, todo, blobs.fetch)
+    expected = Influence().judge(base, [Candidate(r.trainer, d, r.samples)
+                                        for r, d in zip(refs, deltas, strict=True)],
+                                 todo, in_process)
+    assert [v.accept for v in found.values()] == [True, True, False]
+    assert [v.accept for v in found.values()] == [expected[t].accept for t in found]
+    for trainer, v in found.items():
+        assert abs(v.score_milli - expected[trainer].score_milli) <= 1
+        assert astuple(v.evaluation) == pytest.approx(astuple(expected[trainer].evaluation),
+                                                      rel=1e-4)
+
+
+def test_blobs_go_to_the_worker_once_and_are_named_by_hash_after(
+        evaluators: list[Evaluator], rounds: list[Round]) -> None:
+    from flobc.protocol.validation import Influence
+
+    worker = evaluators[1]
+    base, deltas = rounds[1]
+    base = [b + np.float32(1e-3) for b in base]  # blobs this worker has not seen
+    deltas = [[d / 2 for d in delta] for delta in deltas]
+    blobs = Blobs()
+    refs = round_refs(blobs, base, deltas)
+    todo = [r.trainer for r in refs]
+    first = worker.judge(Influence(), refs[0].base, refs, todo, blobs.fetch)
+    assert sorted(blobs.fetched) == sorted(blobs)
+    blobs.fetched.clear()
+    assert worker.judge(Influence(), refs[0].base, refs, todo[:1], blobs.fetch) == {
+        todo[0]: first[todo[0]]}
+    assert blobs.fetched == []
+    missing = Blobs()
+    lacking = round_refs(missing, base, [[d + 1 for d in deltas[0]]])
+    del missing[lacking[0].blob]
+    with pytest.raises(EvaluatorError, match=f"blob {lacking[0].blob.hex()} is not stored"):
+        worker.judge(Influence(), lacking[0].base, lacking, [lacking[0].trainer],
+                     missing.fetch)
+
+
+def test_a_stale_update_is_rebased_to_the_judged_version(evaluators: list[Evaluator],
+                                                         rounds: list[Round]) -> None:
+    """Trained on an older version (SSP, BAP): judged as the model it makes,
+    old base + delta, against the latest version."""
+    worker = evaluators[2]
+    (old, deltas), (latest, _) = rounds[0], rounds[1]
+    blobs = Blobs()
+    old_hash, latest_hash = blobs.add(old), blobs.add(latest)
+    ref = CandidateRef(TRAINER, blobs.add(deltas[0]), 100, old_hash)
+    stale = worker.judge(RULE, latest_hash, [ref], [TRAINER], blobs.fetch)[TRAINER].evaluation
+    fresh = evaluate(worker, old, deltas[0])
+    assert stale is not None
+    assert stale.base_loss == evaluate(worker, latest, deltas[0]).base_loss != fresh.base_loss
+    assert stale.new_loss == pytest.approx(fresh.new_loss, rel=1e-5)
+
+
+def test_the_worker_refuses_a_malformed_judgement(evaluators: list[Evaluator],
+                                                  base: Weights) -> None:
+    worker = evaluators[3]
+    pid = worker.pid
+    blobs = Blobs()
+    [ref] = round_refs(blobs, base, [base])
+    with pytest.raises(EvaluatorError, match="todo must list distinct trainers"):
+        worker.judge(RULE, ref.base, [ref], [TRAINER], blobs.fetch)
+    with pytest.raises(EvaluatorError, match="named twice"):
+        worker.judge(RULE, ref.base, [ref, ref], [ref.trainer], blobs.fetch)
+    with pytest.raises(EvaluatorError, match=f"limit is {MAX_CANDIDATES}"):
+        worker.judge(RULE, ref.base, [ref] * (MAX_CANDIDATES + 1), [], blobs.fetch)
+    assert worker.pid == pid  # still serving, the same worker
+    assert judge_one(worker, base, [np.zeros_like(w) for w in base]).accept
+
+
+def test_a_round_wise_rule_waits_for_the_expected_updates_or_its_share_of_the_deadline(
+        ) -> None:
+    from dataclasses import replace
+
+    from flobc.protocol.settings import FLConfig
+    from flobc.protocol.state import Meta
+    from flobc.protocol.validation import Influence
+    from flobc.validator.fl.voter import judge_at
+
+    a, b, c, d, outsider = (bytes([i]) * 32 for i in range(1, 6))
+    bsp = FLConfig(model_v0_hash=bytes(32), admission="open", round_deadline_ms=60_000,
+                   validation=Influence(wait_fraction=0.25))
+    meta = Meta(3, 2, 1_000, 61_000, (a, b, c, d))
+    assert judge_at(bsp, meta, {a, b, c, d}) is None
+    assert judge_at(bsp, meta, {a, b, c}) == 16_000
+    assert judge_at(bsp, meta, {a, b, c, outsider}) == 16_000
+    ssp = replace(bsp, sync="ssp")  # ssp_min_fraction 0.75: three of the four
+    assert judge_at(ssp, meta, {a, b, c}) is None
+    assert judge_at(ssp, meta, {a, b}) == 16_000
+    late = replace(bsp, validation=Influence(wait_fraction=2.0))
+    assert judge_at(late, meta, {a}) == meta.deadline_ms
+    assert judge_at(bsp, replace(meta, expected=()), set()) is None

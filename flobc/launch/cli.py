@@ -44,6 +44,7 @@ from flobc.ml.partition import parse_partition, partition_help
 from flobc.protocol.aggregation import AGGREGATORS
 from flobc.protocol.settings import ADMISSIONS
 from flobc.protocol.sync import SYNC_SCHEMES
+from flobc.protocol.validation import VALIDATION_RULES
 from flobc.trainer.byzantine import BEHAVIOURS
 
 HTTP_TIMEOUT_S = 10.0
@@ -187,7 +188,7 @@ def cmd_testnet_init(args: argparse.Namespace) -> int:
 
 
 FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "max_blob_bytes", "partition",
-              "seed", "sync", "aggregator", "admission", "round_deadline_ms")
+              "seed", "sync", "aggregator", "validation", "admission", "round_deadline_ms")
 
 
 def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
@@ -393,7 +394,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     return run_cluster(ClusterOptions(
         validators=args.validators, trainers=args.trainers, rounds=args.rounds,
         history=args.history, sync=args.sync, aggregator=args.aggregator,
-        round_deadline_ms=args.round_deadline_ms, epochs=args.epochs, behaviours=behaviours,
+        validation=args.validation, round_deadline_ms=args.round_deadline_ms,
+        epochs=args.epochs, behaviours=behaviours,
         workdir=args.keep, model=args.model, dataset=args.dataset,
         dataset_file=args.dataset_file, max_blob_bytes=args.max_blob_bytes,
         partition=args.partition))
@@ -528,6 +530,9 @@ def _add_fl_options(group: argparse._ArgumentGroup) -> None:
                        help=f"sync scheme (default: {defaults.sync})")
     group.add_argument("--aggregator", choices=AGGREGATORS.names(),
                        help=f"aggregation rule (default: {defaults.aggregator})")
+    group.add_argument("--validation", choices=VALIDATION_RULES.names(),
+                       help="the validators' rule for votes, with its default settings "
+                       f"(default: {defaults.validation})")
     group.add_argument("--admission", choices=ADMISSIONS,
                        help="allowlist (the trainers written here) or open "
                        f"(default: {defaults.admission})")
@@ -711,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sync", choices=SYNC_SCHEMES.names(), default="bsp")
     up.add_argument("--aggregator", choices=AGGREGATORS.names(), default="fedavg",
                     help="aggregation rule (default: %(default)s)")
+    up.add_argument("--validation", choices=VALIDATION_RULES.names(),
+                    help="the validators' rule for votes, with its default settings "
+                    f"(default: {FLOptions().validation})")
     up.add_argument("--round-deadline-ms", type=_positive_int, default=60_000,
                     help="block time after which a round closes without the missing "
                     "updates (default: %(default)s)")

@@ -46,6 +46,8 @@ class ClusterOptions:
     history: Path | None = None
     sync: str = "bsp"
     aggregator: str = "fedavg"
+    validation: str | None = None
+    """The validation rule by name (None: ``testnet init``'s default)."""
     round_deadline_ms: int = 60_000
     epochs: int = 1
     behaviours: dict[int, str] = field(default_factory=dict)
@@ -71,7 +73,8 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
     for flag, value in (("--model", options.model), ("--dataset", options.dataset),
                         ("--dataset-file", options.dataset_file),
                         ("--max-blob-bytes", options.max_blob_bytes),
-                        ("--partition", options.partition)):
+                        ("--partition", options.partition),
+                        ("--validation", options.validation)):
         if value is not None:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)

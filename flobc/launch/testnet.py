@@ -31,6 +31,7 @@ from flobc.ml.dataset import Task
 from flobc.ml.partition import parse_partition
 from flobc.protocol.genesis import GENESIS_MODEL
 from flobc.protocol.settings import FLConfig
+from flobc.protocol.validation import VALIDATION_RULES
 
 DEFAULT_BASE_PORT = 26600
 TRAINER_KEY = "trainer_key.json"
@@ -52,6 +53,8 @@ class FLOptions:
     absolute path (each host of a real deployment needs its copy there)."""
     sync: str = "bsp"
     aggregator: str = "fedavg"
+    validation: str = VALIDATION_RULES.name_of(type(FLConfig.validation))
+    """The validation rule, by name, with its default settings."""
     admission: str = "allowlist"
     round_deadline_ms: int = 60_000
     max_blob_bytes: int = FLConfig.max_blob_bytes
@@ -90,6 +93,7 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
     # Settings are checked before the slow part (building the model imports TensorFlow).
     settings = dict(model=options.model, seed=options.seed, dataset=options.dataset,
                     sync=options.sync, aggregator=options.aggregator,
+                    validation=VALIDATION_RULES.get(options.validation)(),
                     admission=options.admission, round_deadline_ms=options.round_deadline_ms,
                     max_blob_bytes=options.max_blob_bytes,
                     trainers=tuple(k.public_key for k in keys)

@@ -45,7 +45,7 @@ class FLServices:
             max_blob_bytes=config.max_blob_bytes,
             dataset_file=node_dataset_file(node.config, config))
         self.voter = Voter(node.host, node.key, node.genesis.chain_id, Evaluator(settings),
-                           config.validation)
+                           config)
         self.panel = LearningPanel(node, self.app)
         self.events: LearningEvents | None = None
 

@@ -1,15 +1,24 @@
 """A validator's off-chain duties on a learning chain: vote on updates, close late rounds.
 
 After each committed block the voter looks for pending updates of the open round that
-this validator has not voted on, evaluates them one at a time (sorted by trainer key)
-in the evaluator worker, and submits a signed vote. Evaluation runs in a thread and a
-separate process, never inside block execution and never on the event loop, so
-consensus keeps going while a model is being scored. When no update waits, it scores
-each committed model version on the test split, for the dashboard and metrics; votes
-never depend on those scores.
+this validator has not voted on, has the evaluator worker judge them by genesis's
+validation rule (``ValidationRule.judge``, flobc.protocol.validation) on this
+validator's hold-out shard, and submits a signed vote for each. Evaluation runs in a
+thread and a separate process, never inside block execution and never on the event
+loop, so consensus keeps going while a model is being scored. When no update waits, it
+scores each committed model version on the test split, for the dashboard and metrics;
+votes never depend on those scores.
 
-The decision is genesis's validation rule (flobc.protocol.validation): it compares the
-trainer's model, base + delta, with the base model on this validator's hold-out shard.
+A rule that judges each update alone (not ``round_wise``) gets one update at a time,
+sorted by trainer key, on the version it was trained on. A ``round_wise`` rule compares
+an update with the others of its round, so the voter first waits until every trainer the
+round expects has an update in committed state (under SSP: enough of them to close the
+round), or until the rule's ``vote_wait_fraction`` of ``round_deadline_ms`` has passed
+since the round opened (local clock against the round's opening in block time; never
+past its deadline), and then judges all its pending updates together, on the latest
+version, against the round's candidates: its updates not rejected (accepted and
+pending), each rebased to the latest version if it was trained on an older one (SSP,
+BAP). Updates that arrive later are judged against the candidates as they then are.
 
 Rounds end at a deadline in block time, but an idle chain makes no blocks; so once the
 local clock is past the open round's deadline and no block has closed it, the voter
@@ -32,10 +41,19 @@ from dataclasses import dataclass
 from flobc.consensus.host import ReplicaHost
 from flobc.consensus.mempool import FULL
 from flobc.crypto import PrivateKey
-from flobc.protocol.state import PENDING, read_meta, read_model, round_updates
+from flobc.protocol.settings import FLConfig
+from flobc.protocol.state import (
+    PENDING,
+    REJECTED,
+    Meta,
+    UpdateRecord,
+    read_meta,
+    read_model,
+    round_updates,
+)
 from flobc.protocol.txs import make_close, make_vote
-from flobc.protocol.validation import Evaluation, ValidationRule
-from flobc.validator.fl.evaluator import Evaluator, EvaluatorError, Score
+from flobc.protocol.validation import Verdict
+from flobc.validator.fl.evaluator import CandidateRef, Evaluator, EvaluatorError, Score
 
 log = logging.getLogger("flobc.voter")
 
@@ -50,27 +68,42 @@ SCORES_KEPT = 1000
 
 @dataclass(frozen=True)
 class _Job:
+    """One update of a round."""
+
     round: int
     trainer: bytes
     blob: bytes
     base: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Updates to judge together: ``todo``, on version ``base``, among ``candidates``."""
+
+    base: int
+    candidates: tuple[_Job, ...]
+    todo: tuple[_Job, ...]
 
 
 class Voter:
     """Runs beside consensus on the node's event loop; see the module docstring."""
 
     def __init__(self, host: ReplicaHost, key: PrivateKey, chain_id: str,
-                 evaluator: Evaluator, rule: ValidationRule) -> None:
+                 evaluator: Evaluator, config: FLConfig) -> None:
         self._host = host
         self._key = key
         self._chain_id = chain_id
         self._evaluator = evaluator
-        self._rule = rule
+        self._config = config
+        self._rule = config.validation
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="flobc-evaluate")
         self._vote_wake = asyncio.Event()
         self._close_wake = asyncio.Event()
-        self._evaluations: dict[_Job, Evaluation] = {}
-        """Evaluated, vote not yet admitted (the mempool was full): no re-evaluation."""
+        self._vote_at_ms: int | None = None
+        """When a round-wise rule stops waiting for the round's updates (local clock)."""
+        self._verdicts: dict[_Job, Verdict] = {}
+        """Judged, vote not yet admitted (the mempool was full): no re-evaluation."""
         self._done: set[_Job] = set()
         """Voted on, or given up on: never evaluated again."""
         self._scores: dict[int, Score] = {}
@@ -119,63 +152,92 @@ class Voter:
         except EvaluatorError as exc:
             log.error("%s; evaluations will start a new worker", exc)
         while True:
-            await self._vote_wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vote_wake.wait(), self._wait_s())
             self._vote_wake.clear()
-            while (job := self._next_job()) is not None:
-                evaluation = self._evaluations.get(job) or await self._evaluate(job)
-                if evaluation is not None and not self._submit_vote(job, evaluation):
+            while (batch := self._next_batch()) is not None:
+                todo = [job for job in batch.todo if job not in self._verdicts]
+                if todo:
+                    await self._judge(batch, todo)
+                if not self._submit_votes(batch.todo):
                     break  # the mempool is full: try again after the next block
-            while self._next_job() is None and (version := self._next_unscored()) is not None:
+            while self._next_batch() is None and (version := self._next_unscored()) is not None:
                 await self._score(version)
+
+    def _wait_s(self) -> float | None:
+        """Seconds until a round-wise rule's wait ends; None when none is running."""
+        if self._vote_at_ms is None:
+            return None
+        return max(self._vote_at_ms - self._host.now_ms(), 0) / 1000
 
     def test_scores(self) -> list[tuple[int, Score]]:
         """(version, score on the test split) of the scored versions, oldest first."""
         return sorted(self._scores.items())
 
-    def _next_job(self) -> _Job | None:
-        """The first update of the open round (by trainer key) still waiting for us."""
+    def _next_batch(self) -> _Batch | None:
+        """The updates of the open round still waiting for our vote that are ready to be
+        judged (see the module docstring)."""
+        self._vote_at_ms = None
         state = self._host.committed
         meta = read_meta(state)
         if meta is None:
             return None
         self._forget_before(meta.round)
         me = self._key.public_key
-        for trainer, update in round_updates(state, meta.round):
-            job = _Job(meta.round, trainer, update.blob, update.base)
-            if update.status == PENDING and me not in update.votes and job not in self._done:
-                return job
-        return None
+        updates = list(round_updates(state, meta.round))
+        jobs = {trainer: _job(meta.round, trainer, u) for trainer, u in updates}
+        todo = tuple(jobs[t] for t, u in updates
+                     if u.status == PENDING and me not in u.votes and jobs[t] not in self._done)
+        if not todo:
+            return None
+        if not self._rule.round_wise:
+            return _Batch(todo[0].base, todo[:1], todo[:1])
+        if not self._round_ready(meta, {t for t, _ in updates}):
+            return None
+        candidates = tuple(jobs[t] for t, u in updates if u.status != REJECTED)
+        return _Batch(meta.version, candidates, todo)
+
+    def _round_ready(self, meta: Meta, arrived: set[bytes]) -> bool:
+        """Whether a round-wise rule may judge now; if not, when it may (``_vote_at_ms``)."""
+        at = judge_at(self._config, meta, arrived)
+        if at is None or self._host.now_ms() >= at:
+            return True
+        self._vote_at_ms = at
+        return False
 
     def _forget_before(self, round_: int) -> None:
         self._done = {j for j in self._done if j.round >= round_}
-        self._evaluations = {j: e for j, e in self._evaluations.items() if j.round >= round_}
+        self._verdicts = {j: v for j, v in self._verdicts.items() if j.round >= round_}
         self._closes = {c for c in self._closes if c[0] >= round_}
 
-    async def _evaluate(self, job: _Job) -> Evaluation | None:
-        """Score ``job`` in the worker, off the event loop; None if that failed."""
+    async def _judge(self, batch: _Batch, todo: list[_Job]) -> None:
+        """Have the worker judge ``todo``, off the event loop, into ``_verdicts``; an
+        update it could not judge is given up on."""
         state = self._host.committed
-        record = read_model(state, job.base)
-        base = state.blob(record.hash) if record is not None else None
-        delta = state.blob(job.blob)
-        if base is None or delta is None:
-            log.error("cannot evaluate trainer %s round %d: %s blob is not stored",
-                      job.trainer.hex()[:16], job.round, "base" if base is None else "update",
-                      extra={"event": "evaluation_failed", "round": job.round})
-            self.evaluation_failures += 1
-            self._done.add(job)
-            return None
+        versions = {batch.base, *(job.base for job in batch.candidates)}
+        hashes = {v: record.hash for v in versions
+                  if (record := read_model(state, v)) is not None}
         try:
-            evaluation = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._evaluator.evaluate, base, delta)
+            if len(hashes) != len(versions):
+                raise EvaluatorError(f"model versions {sorted(versions - set(hashes))} are "
+                                     "not stored")
+            refs = [CandidateRef(j.trainer, j.blob, j.samples, hashes[j.base])
+                    for j in batch.candidates]
+            blobs = {d: blob for d in {*hashes.values(), *(j.blob for j in batch.candidates)}
+                     if (blob := state.blob(d)) is not None}
+            verdicts = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._evaluator.judge, self._rule, hashes[batch.base], refs,
+                [j.trainer for j in todo], blobs.get)
         except EvaluatorError as exc:
-            log.error("no vote on trainer %s round %d: evaluation failed: %s",
-                      job.trainer.hex()[:16], job.round, exc,
-                      extra={"event": "evaluation_failed", "round": job.round})
-            self.evaluation_failures += 1
-            self._done.add(job)
-            return None
-        self._evaluations[job] = evaluation
-        return evaluation
+            for job in todo:
+                log.error("no vote on trainer %s round %d: evaluation failed: %s",
+                          job.trainer.hex()[:16], job.round, exc,
+                          extra={"event": "evaluation_failed", "round": job.round})
+            self.evaluation_failures += len(todo)
+            self._done.update(todo)
+            return
+        for job in todo:
+            self._verdicts[job] = verdicts[job.trainer]
 
     def _next_unscored(self) -> int | None:
         """The oldest of the latest SCORES_KEPT versions not scored yet."""
@@ -207,30 +269,40 @@ class Voter:
             self.evaluation_failures += 1
             self._unscorable.add(version)
 
-    def _submit_vote(self, job: _Job, e: Evaluation) -> bool:
+    def _submit_votes(self, jobs: tuple[_Job, ...]) -> bool:
+        """Submit the votes judged for ``jobs``; False if they must wait (the mempool is
+        full)."""
+        return all(self._submit_vote(job, self._verdicts[job])
+                   for job in jobs if job in self._verdicts)
+
+    def _submit_vote(self, job: _Job, verdict: Verdict) -> bool:
         """Sign and submit the vote; False if it must wait (the mempool is full)."""
-        accept, score = self._rule.decide(e)
-        tx = make_vote(self._key, self._chain_id, job.round, job.trainer, job.blob, accept,
-                       score)
+        tx = make_vote(self._key, self._chain_id, job.round, job.trainer, job.blob,
+                       verdict.accept, verdict.score_milli)
         _, reason = self._host.submit_tx(tx)
         if reason == FULL:
-            return False  # kept in _evaluations, so it is not evaluated again
-        self._evaluations.pop(job, None)
+            return False  # kept in _verdicts, so it is not judged again
+        self._verdicts.pop(job, None)
         self._done.add(job)
-        verdict = "accept" if accept else "reject"
+        vote = "accept" if verdict.accept else "reject"
         if reason is not None:  # usually: the others decided it first
-            log.info("vote %s on trainer %s round %d not admitted: %s", verdict,
+            log.info("vote %s on trainer %s round %d not admitted: %s", vote,
                      job.trainer.hex()[:16], job.round, reason)
-        else:
-            self.votes_cast[verdict] += 1
-            log.log(logging.INFO if accept else logging.WARNING,
-                    "voted %s on trainer %s round %d: acc %.3f vs base %.3f, loss %.4f vs "
-                    "base %.4f", verdict, job.trainer.hex()[:16], job.round, e.new_accuracy,
-                    e.base_accuracy, e.new_loss, e.base_loss,
-                    extra={"event": "vote_cast", "vote": verdict, "trainer": job.trainer.hex(),
-                           "round": job.round, "accuracy": e.new_accuracy,
-                           "base_accuracy": e.base_accuracy, "loss": e.new_loss,
-                           "base_loss": e.base_loss, "score_milli": score})
+            return True
+        self.votes_cast[vote] += 1
+        e = verdict.evaluation
+        measured = ("" if e is None else f": acc {e.new_accuracy:.3f} vs base "
+                    f"{e.base_accuracy:.3f}, loss {e.new_loss:.4f} vs base {e.base_loss:.4f}")
+        log.log(logging.INFO if verdict.accept else logging.WARNING,
+                "voted %s on trainer %s round %d, score %d%s", vote, job.trainer.hex()[:16],
+                job.round, verdict.score_milli, measured,
+                extra={"event": "vote_cast", "vote": vote, "trainer": job.trainer.hex(),
+                       "round": job.round, "rule": self._rule.table()["name"],
+                       "score_milli": verdict.score_milli,
+                       "accuracy": None if e is None else e.new_accuracy,
+                       "base_accuracy": None if e is None else e.base_accuracy,
+                       "loss": None if e is None else e.new_loss,
+                       "base_loss": None if e is None else e.base_loss})
         return True
 
     # --- closing late rounds ----------------------------------------------------------
@@ -261,6 +333,25 @@ class Voter:
         """When this validator's turn to close ``round_`` comes (local clock, ms)."""
         turn = (self._host.index - round_) % self._host.validators.n
         return deadline_ms + CLOSE_MARGIN_MS + turn * CLOSE_STAGGER_MS
+
+
+def judge_at(config: FLConfig, meta: Meta, arrived: set[bytes]) -> int | None:
+    """When a round-wise rule may judge the open round's updates: None (now) once every
+    expected trainer's update is in, or under SSP enough of them to close the round, or
+    when the round expects no one; otherwise the time its wait ends, the rule's
+    ``vote_wait_fraction`` of ``round_deadline_ms`` after the round opened, never past
+    the deadline."""
+    expected = len(meta.expected)
+    if expected == 0 or config.scheme.enough_decided(
+            config, expected, len(arrived.intersection(meta.expected))):
+        return None
+    wait = round(config.validation.vote_wait_fraction() * config.round_deadline_ms)
+    return min(meta.round_opened_ms + wait, meta.deadline_ms)
+
+
+def _job(round_: int, trainer: bytes, update: UpdateRecord) -> _Job:
+    return _Job(round_, trainer, update.blob, update.base, update.samples)
+
 
 def _report_failure(task: asyncio.Task[None]) -> None:
     """A loop that ends other than by ``stop`` is a bug: say so loudly."""
