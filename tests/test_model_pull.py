@@ -162,6 +162,6 @@ def test_pull_into_a_file_of_another_framework_is_refused(net: LocalNet, tmp_pat
                  net.workdir / "genesis.toml", "--out", out)
     assert done.returncode == 1, done
     assert done.stderr.startswith(f"flobc: error: --out {out} must end in .keras (model "
-                                  "'mnist_mlp' is saved in its framework's file format)"), \
+                                  "'mnist_cnn' is saved in its framework's file format)"), \
         done.stderr
     assert not out.exists()
