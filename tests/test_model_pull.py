@@ -154,3 +154,14 @@ def test_pull_of_a_version_not_committed_yet_fails_clearly(net: LocalNet, tmp_pa
     assert done.stderr.startswith("flobc: error: model version 1000 does not exist yet"), \
         done.stderr
     assert not out.exists()
+
+
+def test_pull_into_a_file_of_another_framework_is_refused(net: LocalNet, tmp_path: Path):
+    out = tmp_path / "model.pt"
+    done = flobc("model", "pull", "--validator", net.urls[0], "--genesis",
+                 net.workdir / "genesis.toml", "--out", out)
+    assert done.returncode == 1, done
+    assert done.stderr.startswith(f"flobc: error: --out {out} must end in .keras (model "
+                                  "'mnist_cnn' is saved in its framework's file format)"), \
+        done.stderr
+    assert not out.exists()

@@ -737,13 +737,14 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="committed model versions").add_subparsers(
         dest="model_command", required=True, metavar="COMMAND")
     pull = model.add_parser(
-        "pull", help="fetch a committed model version, verify it and save it as a Keras file",
+        "pull", help="fetch a committed model version, verify it and save it as a model file",
         description="Fetch model version V's weights from a validator, check its checkpoint "
         "certificate and Merkle proof against the keys in GENESIS and the weights' SHA-256 "
         "against the proven record (always; nothing a validator says is believed), then "
-        "build the model genesis names, give it the weights and save it as a .keras file "
-        "for keras.models.load_model. A validator that fails or serves something that does "
-        "not verify is skipped for the next --validator.")
+        "build the model genesis names, give it the weights and save it in its framework's "
+        "format: a .keras file for keras.models.load_model, or for a PyTorch model a .pt "
+        "file of its builder's name and state_dict for torch.load. A validator that fails "
+        "or serves something that does not verify is skipped for the next --validator.")
     pull.add_argument("--validator", action="append", required=True, metavar="URL",
                       help="validator API; repeat it to fail over to others")
     pull.add_argument("--genesis", required=True, metavar="FILE",
@@ -751,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "for version 0 when present)")
     pull.add_argument("--version", type=_model_version, default=None, metavar="V|latest",
                       help="model version (default: the latest a validator reports)")
-    pull.add_argument("--out", required=True, metavar="FILE.keras", help="Keras file to write")
+    pull.add_argument("--out", required=True, metavar="FILE",
+                      help="model file to write: FILE.keras, or FILE.pt for a PyTorch model")
     pull.add_argument("--verify", action="store_true",
                       help="verification is always on; the flag is accepted for scripts "
                       "that spell it out")

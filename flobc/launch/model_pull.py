@@ -61,27 +61,23 @@ def build(fl: FLConfig) -> Learner:
         raise ConfigError(f"genesis model: {exc}") from exc
 
 
-def genesis_model(genesis: Genesis, genesis_path: Path, fl: FLConfig
-                  ) -> tuple[VerifiedModel, Learner | None]:
+def genesis_model(genesis: Genesis, genesis_path: Path, fl: FLConfig,
+                  learner: Learner) -> VerifiedModel:
     """Version 0, checked against ``model_v0_hash``: from ``genesis-model.bin`` beside the
-    genesis, else rebuilt from the model name and seed (then also returned, built)."""
+    genesis, else the weights of ``learner``, just built from the model name and seed."""
     from flobc.ml.weights import encode_weights
 
     beside = genesis_path.parent / GENESIS_MODEL
-    learner = None
-    if beside.is_file():
-        blob = beside.read_bytes()
-    else:
-        learner = build(fl)
-        blob = encode_weights(learner.get_weights())
+    rebuilt = not beside.is_file()
+    blob = encode_weights(learner.get_weights()) if rebuilt else beside.read_bytes()
     try:
         v0 = verify_genesis_model(genesis, fl.model_v0_hash, blob, max_bytes=fl.max_blob_bytes)
     except VerificationError as exc:
-        source = str(beside) if learner is None else (
+        source = str(beside) if not rebuilt else (
             f"version 0 rebuilt from model {fl.model!r} and seed {fl.seed} (there is no "
             f"{beside})")
         raise VerificationError(f"{source}: {exc}") from exc
-    return v0, learner
+    return v0
 
 
 def fetch_verified(store: ModelStore, client: ValidatorClient, version: int | None,
@@ -120,14 +116,17 @@ def save(learner: Learner, out: Path) -> None:
 
 def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out: Path, *,
                wait_s: float = CERTIFY_WAIT_S) -> PulledModel:
-    """Fetch, verify and save model ``version`` (None: latest) as the Keras file ``out``."""
-    if out.suffix != ".keras":
-        raise LaunchError(f"--out {out} must end in .keras (the Keras file format)")
+    """Fetch, verify and save model ``version`` (None: latest) as ``out``, a file of the
+    model's framework (``.keras``, or ``.pt`` for PyTorch)."""
     if not out.parent.is_dir():
         raise LaunchError(f"{out.parent} is not a folder")
     genesis = Genesis.load(genesis_path)
     fl = FLConfig.from_genesis(genesis, genesis_path)
-    v0, learner = genesis_model(genesis, genesis_path, fl)
+    learner = build(fl)
+    if out.suffix != learner.file_suffix:
+        raise LaunchError(f"--out {out} must end in {learner.file_suffix} (model "
+                          f"{fl.model!r} is saved in its framework's file format)")
+    v0 = genesis_model(genesis, genesis_path, fl, learner)
     with ValidatorClient(list(urls), max_blob_bytes=fl.max_blob_bytes) as client, \
             tempfile.TemporaryDirectory(prefix="flobc-pull-") as scratch:
         # The store keeps what it verified in a home; this one is thrown away.
@@ -141,7 +140,6 @@ def pull_model(genesis_path: Path, urls: Sequence[str], version: int | None, out
                                     ) from exc
     from flobc.ml.weights import WeightsError
 
-    learner = learner or build(fl)
     try:
         learner.set_weights(verified.weights)
     except WeightsError as exc:

@@ -134,6 +134,20 @@ def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray
     return score
 
 
+def _single_thread() -> None:
+    """One thread for whichever framework the model uses (both, if both are present)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
 def learner_for(model: str, seed: int, *, task: Task | None = None,
                 single_thread: bool = False) -> Learner:
     """The learner for a genesis model (a zoo name or a builder), its version-0 weights
@@ -142,12 +156,14 @@ def learner_for(model: str, seed: int, *, task: Task | None = None,
     processes that train or evaluate call it; ``single_thread`` keeps TensorFlow to one
     thread (a worker beside consensus)."""
     if single_thread:
-        import tensorflow as tf
-
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-    from flobc.ml.models import build_model, model_task
+        _single_thread()
+    from flobc.ml.models import build_model, is_torch_module, model_task
 
     task = task or model_task(model)
-    return KerasLearner(build_model(model, seed, task),
-                        "classification" if task is None else task.kind)
+    kind = "classification" if task is None else task.kind
+    built = build_model(model, seed, task)
+    if is_torch_module(built):
+        from flobc.ml.torch_learner import TorchLearner
+
+        return TorchLearner(built, kind, model)
+    return KerasLearner(built, kind)

@@ -8,7 +8,8 @@ Keras is imported inside the functions because importing TensorFlow takes
 seconds.
 
 Besides the zoo's names, a model may be named ``package.module:function``: a
-builder ``function(seed: int) -> keras.Model`` that every validator and trainer
+builder ``function(seed: int) -> keras.Model`` (or a ``torch.nn.Module``, see
+``flobc.ml.torch_learner``) that every validator and trainer
 imports from its own path (PYTHONPATH or an installed package). The same rules
 hold for it as for the zoo: it takes one sample of the dataset's features and gives
 the task's outputs (``flobc.ml.dataset.Task``: softmax probabilities over the
@@ -23,8 +24,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -179,15 +181,24 @@ def model_task(name: str) -> Task | None:
     return MODEL_TASKS.get(name)
 
 
-def build_model(name: str, seed: int, task: Task | None = None) -> keras.Model:
-    """A compiled model whose initial weights depend only on ``name`` and ``seed``,
-    checked against ``task`` (None: a zoo model's own task; a builder's model is then
-    compiled as a classifier, unchecked) and compiled with its loss."""
-    builder = model_builder(name)
+def is_torch_module(model: object) -> bool:
+    """Whether a builder returned a PyTorch module (without importing PyTorch)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def build_model(name: str, seed: int, task: Task | None = None) -> Any:
+    """A model whose initial weights depend only on ``name`` and ``seed``, checked
+    against ``task`` (None: a zoo model's own task; a builder's model is then taken as
+    a classifier, unchecked): a Keras model compiled with the task's loss, or a
+    PyTorch module as the builder made it (flobc.ml.torch_learner trains it)."""
+    task = task or model_task(name)
+    model = model_builder(name)(seed)
+    if is_torch_module(model):
+        _check_module(name, model, task)
+        return model
     import keras
 
-    task = task or model_task(name)
-    model = builder(seed)
     _check_shape(name, model, task)
     objective = OBJECTIVES.get("classification" if task is None else task.kind)
     model.compile(
@@ -208,7 +219,7 @@ def _check_shape(name: str, model: object, task: Task | None) -> None:
 
     if not isinstance(model, keras.Model):
         raise ModelError(f"model {name!r}: the builder returned {type(model).__name__}, "
-                         "not a keras.Model")
+                         "not a keras.Model or a torch.nn.Module")
     start = f"keras.Input({task.sample_shape})" if task is not None else "keras.Input"
     if not model.weights:
         raise ModelError(f"model {name!r} has no weights; start it with {start} so that "
@@ -227,14 +238,41 @@ def _check_shape(name: str, model: object, task: Task | None) -> None:
                          f"{_OUTPUTS[task.kind]}")
 
 
+def _check_module(name: str, module: Any, task: Task | None) -> None:
+    """A PyTorch module must map a batch of the task's features to its outputs (tried
+    on zeros)."""
+    torch = sys.modules["torch"]
+    if not list(module.state_dict()):
+        raise ModelError(f"model {name!r} has no weights")
+    if task is None:
+        return
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros((2, *task.sample_shape)))
+    except Exception as exc:  # the module's own code: any error means it does not fit
+        raise ModelError(f"model {name!r} cannot take a batch of {task.sample_shape} "
+                         f"features: {type(exc).__name__}: {exc}") from exc
+    if tuple(out.shape) != (2, task.outputs):
+        raise ModelError(f"model {name!r} maps a batch of 2 x {task.sample_shape} to "
+                         f"{tuple(out.shape)}; for this dataset ({task.kind}) it must give "
+                         f"(2, {task.outputs}) {_OUTPUTS[task.kind]}")
+
+
+def model_weights(model: Any) -> list[np.ndarray]:
+    """A built model's weights as numpy arrays, whatever its framework."""
+    if is_torch_module(model):  # the state_dict's tensors, in its order
+        return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+    return [np.asarray(w) for w in model.get_weights()]
+
+
 def initial_weights(name: str, seed: int, task: Task | None = None) -> list[np.ndarray]:
     """The round-zero weights: bit-identical on every call and in every process.
 
     A builder from outside the zoo is built twice and must give the same weights both
     times: an initializer without a seed would draw new ones on every build."""
-    weights = [np.asarray(w) for w in build_model(name, seed, task).get_weights()]
+    weights = model_weights(build_model(name, seed, task))
     if name not in MODELS:
-        again = build_model(name, seed, task).get_weights()
+        again = model_weights(build_model(name, seed, task))
         if not all(np.array_equal(a, b) for a, b in zip(weights, again, strict=True)):
             raise ModelError(f"model {name!r} is not deterministic: two builds with seed "
                              f"{seed} gave different weights; give every layer an "
