@@ -33,9 +33,13 @@ from flobc.launch.processes import ProcessGroup
 from flobc.protocol.settings import FLConfig
 
 POLL_S = 0.5
-COLUMNS = ("round", "accepted", "rejected", "accuracy", "seconds", "height", "model_hash")
-HEADER = f"{'round':>5}  {'accepted':>8}  {'rejected':>8}  {'test acc':>8}  " \
-         f"{'round s':>7}  {'height':>6}  model"
+HEADLINE = {"classification": "accuracy", "multilabel": "accuracy", "regression": "rmse"}
+"""The test metric a task's table shows; the history has all of them and the loss."""
+
+
+def header(metric: str) -> str:
+    return (f"{'round':>5}  {'accepted':>8}  {'rejected':>8}  {'test ' + metric[:4]:>9}  "
+            f"{'round s':>7}  {'height':>6}  model")
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Monitor:
         except ValueError as exc:
             raise LaunchError(f"cannot measure test accuracy: {exc}") from exc
         self.test = split(data, seed=fl.seed).test
+        self.metric = HEADLINE[data.task]
         self.url = url
         self.client = httpx.Client(timeout=30.0)
         self.version = 0
@@ -137,7 +142,7 @@ class Monitor:
             raise LaunchError(f"validator served weights that do not match version "
                            f"{record['version']}'s committed hash")
         self.learner.set_weights(decode_weights(blob, max_bytes=len(blob)))
-        accuracy = self.learner.evaluate(self.test.x, self.test.y)["accuracy"]
+        scores = self.learner.evaluate(self.test.x, self.test.y)
         round_info = self._get(f"/fl/rounds/{record['round']}") or {}
         updates = {u["trainer"]: u["status"] for u in round_info.get("updates", [])}
         statuses = list(updates.values())
@@ -145,7 +150,8 @@ class Monitor:
         now = time.monotonic()
         row = {"round": record["round"], "version": record["version"],
                "accepted": statuses.count("accepted"), "rejected": statuses.count("rejected"),
-               "accuracy": round(float(accuracy), 4), "seconds": round(now - self.last_time, 2),
+               **{name: round(float(v), 4) for name, v in scores.items()},
+               "seconds": round(now - self.last_time, 2),
                "height": record["height"], "model_hash": record["hash"], "updates": updates,
                "trust": {t["trainer"]: t["trust"] for t in trainers},
                "excluded": sorted(t["trainer"] for t in trainers if t["excluded"])}
@@ -172,10 +178,11 @@ def agreement(urls: list[str]) -> str | None:
     return None
 
 
-def format_row(row: dict[str, Any]) -> str:
-    return (f"{row['round']:>5}  {row['accepted']:>8}  {row['rejected']:>8}  "
-            f"{row['accuracy'] * 100:>7.2f}%  {row['seconds']:>7.1f}  {row['height']:>6}  "
-            f"{row['model_hash'][:12]}")
+def format_row(row: dict[str, Any], metric: str) -> str:
+    value = (f"{row[metric] * 100:>8.2f}%" if metric == "accuracy"
+             else f"{row[metric]:>9.4f}")
+    return (f"{row['round']:>5}  {row['accepted']:>8}  {row['rejected']:>8}  {value}  "
+            f"{row['seconds']:>7.1f}  {row['height']:>6}  {row['model_hash'][:12]}")
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -209,13 +216,13 @@ def run_cluster(options: ClusterOptions) -> int:
         print(f"{options.validators} validators and {len(trainers.homes)} trainers running; "
               f"API and dashboard at {net.urls[0]}/", flush=True)
         monitor = Monitor(net.genesis, net.urls[0], net.configs[0].dataset_path)
-        print(HEADER, flush=True)
+        print(header(monitor.metric), flush=True)
         while options.rounds is None or len(rows) < options.rounds:
             for row in monitor.new_rows():
                 if options.rounds is not None and len(rows) == options.rounds:
                     break  # two versions committed between polls: stop at the last asked for
                 rows.append(row)
-                print(format_row(row), flush=True)
+                print(format_row(row, monitor.metric), flush=True)
                 if options.history:
                     write_history(options.history, rows)
             time.sleep(POLL_S)
