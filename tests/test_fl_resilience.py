@@ -65,6 +65,7 @@ HTTP_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 12
 SUBMITTED = re.compile(r"round (\d+): \d+ samples on version \d+, .* update tx [0-9a-f]{64}")
 REFUSED = re.compile(r"round (\d+): update refused by (.*)")
+LATE = re.compile(r"update is for round \d+, but round \d+ is open$")
 RESTART_MARK = "--- test: every process killed; starting again ---"
 
 
@@ -393,7 +394,11 @@ class TestCrashes:
             sent_rounds = Counter(int(r) for r in SUBMITTED.findall(log))
             assert sent_rounds and max(sent_rounds.values()) == 1, \
                 f"trainer {i} sent updates for rounds {sent_rounds}\n{bsp.trainer_log_tail(i)}"
-            refused = REFUSED.findall(log)
+            # The trainer that was away trains the open round only once it is back; if the
+            # round reaches its deadline meanwhile, its late update is refused because
+            # the round has moved on. That is not a second update.
+            refused = [(r, why) for r, why in REFUSED.findall(log)
+                       if not (i == absent and LATE.search(why))]
             assert not refused, f"trainer {i} had updates refused: {refused}"
             restarted = log.split(RESTART_MARK)[-1]
             assert SUBMITTED.search(restarted), \
