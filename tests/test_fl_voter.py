@@ -290,6 +290,19 @@ def test_models_are_scored_on_the_test_split_alike_by_every_validator(
         evaluators[0].score(b"\xc1")
 
 
+def test_a_regression_model_is_scored_by_its_tasks_metrics() -> None:
+    evaluator = Evaluator(EvaluatorSettings("diabetes_mlp", SEED, "diabetes", 0, VALIDATORS,
+                                            MAX_BLOB_BYTES))
+    try:
+        from flobc.ml.models import initial_weights
+
+        score = evaluator.score(encode_weights(initial_weights("diabetes_mlp", SEED)))
+    finally:
+        evaluator.stop()
+    assert set(score.metrics) == {"loss", "mae", "rmse"} and score.accuracy is None
+    assert score.metrics["rmse"] == pytest.approx(math.sqrt(score.loss))
+
+
 def _gone(pid: int) -> bool:
     """No such process, or a zombie nobody has reaped yet."""
     try:

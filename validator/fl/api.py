@@ -202,8 +202,8 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
             raise HTTPException(422, str(exc)) from exc
         scores = voter.test_scores()[-count:]
         return {"split": "test", "versions": [
-            {"version": v, "accuracy": s.accuracy,
-             "loss": s.loss if math.isfinite(s.loss) else None} for v, s in scores]}
+            {"version": v, **{name: value if math.isfinite(value) else None
+                              for name, value in s.metrics.items()}} for v, s in scores]}
 
     return router
 

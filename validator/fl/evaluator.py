@@ -54,6 +54,9 @@ SETTINGS_BYTES = 64 * 1024
 MAX_CANDIDATES = 256
 """Updates one ``judge`` may name: its request and reply stay within SETTINGS_BYTES and
 MAX_REPLY_BYTES."""
+MAX_METRICS = 16
+MAX_METRIC_NAME = 32
+"""A score has at most this many metrics, each name at most this long."""
 CACHE_BYTES = 256 * 1024 * 1024
 """Blobs the worker keeps (least recently used dropped first), and at least three of the
 largest (a base, an older base and an update: one update alone can always be judged);
@@ -80,10 +83,27 @@ class EvaluatorSettings:
 
 @dataclass(frozen=True)
 class Score:
-    """Loss and accuracy of one model on the test split."""
+    """One model's scores on the test split: its loss and its task's metrics by name
+    (``accuracy`` for classification, ``mae`` and ``rmse`` for regression)."""
 
-    loss: float
-    accuracy: float
+    items: tuple[tuple[str, float], ...]
+    """(name, value) pairs, sorted by name: hashable, so scores compare as values."""
+
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> Score:
+        return cls(tuple(sorted(metrics.items())))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.items)
+
+    @property
+    def loss(self) -> float:
+        return self.metrics["loss"]
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
 
 
 @dataclass(frozen=True)
@@ -151,9 +171,11 @@ class Evaluator:
         """Score the encoded weights of a model on the test split."""
         with self._lock:
             reply = _ok(self._exchange(["score", weights]))
-        if not (isinstance(reply, list) and len(reply) == 2):
+        if not (isinstance(reply, dict) and "loss" in reply and len(reply) <= MAX_METRICS
+                and all(isinstance(k, str) and len(k) <= MAX_METRIC_NAME
+                        and isinstance(v, int | float) for k, v in reply.items())):
             raise EvaluatorError(f"malformed score {reply!r:.80}")
-        return Score(float(reply[0]), float(reply[1]))
+        return Score.of({k: float(v) for k, v in reply.items()})
 
     def _put(self, digest: bytes, blobs: BlobSource) -> None:
         blob = blobs(digest)
@@ -428,10 +450,9 @@ class _Worker:
                         None if v.evaluation is None else list(asdict(v.evaluation).values())]
                        for t, v in verdicts.items()]]
 
-    def score(self, weights_blob: bytes) -> list[float]:
-        """[loss, accuracy] of a model on the test split."""
-        metrics = self.test_score(self._decode(weights_blob))
-        return [metrics["loss"], metrics["accuracy"]]
+    def score(self, weights_blob: bytes) -> dict[str, float]:
+        """The loss and the task's metrics of a model on the test split."""
+        return {k: float(v) for k, v in self.test_score(self._decode(weights_blob)).items()}
 
     def _scorer(self, base_hash: bytes, base: list[Any]) -> Callable[[Sequence[Any]], Any]:
         """The shard's scorer, with the base's scores kept across requests."""

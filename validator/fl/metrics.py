@@ -116,10 +116,19 @@ class LearningCollector(Collector):
             votes.add_metric([verdict], count)
         yield votes
         scores = voter.test_scores()
-        if scores:
+        if not scores:
+            return
+        latest = scores[-1][1]
+        if latest.accuracy is not None:
             yield GaugeMetricFamily(
                 "flobc_fl_model_test_accuracy", "Accuracy on the test split of the latest "
-                "model version this validator has scored.", scores[-1][1].accuracy)
+                "model version this validator has scored.", latest.accuracy)
+        metric = GaugeMetricFamily(
+            "flobc_fl_model_test_metric", "The task's metrics (and loss) on the test split "
+            "of the latest model version this validator has scored.", labels=["metric"])
+        for name, value in sorted(latest.metrics.items()):
+            metric.add_metric([name], value)
+        yield metric
 
 
 class LearningEvents:
