@@ -58,8 +58,10 @@ CLOSE_SLACK_S = 10.0
 """From a round's deadline to the block that closes it: the first close is sent 1 s
 after the deadline, each further validator's turn 1 s later; plus consensus and, on a
 loaded 2-core machine, the remaining trainers' training and the votes."""
-STARTUP_S = 150.0
-"""From starting the processes to round 1's close (TensorFlow loads in 7 processes)."""
+STARTUP_S = 300.0
+"""From starting the processes to round 1's close. TensorFlow loads in 7 processes per
+testnet, and the trainer-departure tests start three testnets at once (33 processes on
+2 cores: evaluator workers have been seen to take 130 to 150 s to be ready)."""
 VIEW_CHANGE_S = 20.0
 HTTP_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 12

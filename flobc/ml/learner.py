@@ -135,13 +135,9 @@ def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray
 
 
 def _single_thread() -> None:
-    """One thread for whichever framework the model uses (both, if both are present)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        torch.set_num_threads(1)
+    """One TensorFlow thread; it must be set before TensorFlow runs anything, so before
+    the model is built. PyTorch, which takes seconds to import, is only imported by a
+    builder that uses it, and is held to one thread once the module is built."""
     import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -163,7 +159,11 @@ def learner_for(model: str, seed: int, *, task: Task | None = None,
     kind = "classification" if task is None else task.kind
     built = build_model(model, seed, task)
     if is_torch_module(built):
+        import torch
+
         from flobc.ml.torch_learner import TorchLearner
 
+        if single_thread:
+            torch.set_num_threads(1)
         return TorchLearner(built, kind, model)
     return KerasLearner(built, kind)
