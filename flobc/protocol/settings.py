@@ -176,16 +176,22 @@ class FLConfig:
         return out
 
 
-def _rule_table(key: str, registry: Registry[Any], table: dict[str, Any],
-                flat: dict[str, Any]) -> dict[str, Any]:
-    """``[app.<key>]`` (``name`` and that choice's settings) as the flat settings."""
+def _named_choice(key: str, registry: Registry[Any], table: dict[str, Any]
+                  ) -> tuple[str, Any]:
+    """The ``name`` of an ``[app.<key>]`` table and the registry's choice by that name."""
     name = table.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"app.{key}.name is missing (one of {', '.join(registry.names())})")
     try:
-        rule = registry.get(name)
+        return name, registry.get(name)
     except UnknownChoice as e:
         raise ConfigError(f"app.{key}.name: {e}") from None
+
+
+def _rule_table(key: str, registry: Registry[Any], table: dict[str, Any],
+                flat: dict[str, Any]) -> dict[str, Any]:
+    """``[app.<key>]`` (``name`` and that choice's settings) as the flat settings."""
+    name, rule = _named_choice(key, registry, table)
     out: dict[str, Any] = {key: name}
     for setting, value in table.items():
         if setting == "name":
@@ -203,17 +209,11 @@ def _rule_table(key: str, registry: Registry[Any], table: dict[str, Any],
 def _validation_table(table: Any) -> ValidationRule:
     """``[app.validation]``: a rule's ``name`` and its settings (numbers, each one the
     rule has; the others keep the rule's defaults)."""
-    known = ", ".join(VALIDATION_RULES.names())
     if not isinstance(table, dict):
-        raise ConfigError(f"app.validation must be a table with a name (one of {known})")
-    name = table.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"app.validation.name is missing (one of {known})")
-    try:
-        rule = VALIDATION_RULES.get(name)
-    except UnknownChoice as e:
-        raise ConfigError(f"app.validation.name: {e}") from None
-    settings = {f.name for f in fields(rule)}  # type: ignore[arg-type]
+        raise ConfigError(f"app.validation must be a table with a name (one of "
+                          f"{', '.join(VALIDATION_RULES.names())})")
+    name, rule = _named_choice("validation", VALIDATION_RULES, table)
+    settings = {f.name for f in fields(rule)}
     values = {k: v for k, v in table.items() if k != "name"}
     for key, value in values.items():
         if key not in settings:
