@@ -133,17 +133,22 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
         """A version's record: its weights' hash, round, height and the updates in it."""
         return query("model", version=version)
 
+    def stored_blob(digest: str, header: str, missing: str) -> Response:
+        """The ledger's blob of hex SHA-256 ``digest``, its hash in ``header``; 404
+        saying ``missing`` when this validator does not store it."""
+        blob = node.ledger.blob(bytes.fromhex(digest))
+        if blob is None:
+            raise HTTPException(404, missing)
+        return Response(blob, media_type="application/octet-stream",
+                        headers={header: digest})
+
     @router.get("/models/{version}/weights", response_class=Response,
                 responses={200: {"content": {"application/octet-stream": {}}}})
     async def weights(version: str) -> Response:
         """A version's encoded weights; ``X-Model-Hash`` is their SHA-256."""
         record = query("model", version=version)
-        blob = node.ledger.blob(bytes.fromhex(record["hash"]))
-        if blob is None:
-            raise HTTPException(404, f"the weights of version {record['version']} are not "
-                                     "stored on this validator")
-        return Response(blob, media_type="application/octet-stream",
-                        headers={"X-Model-Hash": record["hash"]})
+        return stored_blob(record["hash"], "X-Model-Hash", f"the weights of version "
+                           f"{record['version']} are not stored on this validator")
 
     @router.get("/models/{version}/proof")
     async def proof(version: str) -> dict[str, Any]:
@@ -176,12 +181,8 @@ def fl_router(node: NodeParts, app: FLApp, voter: Voter) -> APIRouter:
         if entry is None:
             raise HTTPException(404, f"no update from trainer {trainer[:64]!r} in round "
                                      f"{record['round']}")
-        blob = node.ledger.blob(bytes.fromhex(entry["blob"]))
-        if blob is None:
-            raise HTTPException(404, f"the blob {entry['blob']} is not stored on this "
-                                     "validator")
-        return Response(blob, media_type="application/octet-stream",
-                        headers={"X-Blob-Hash": entry["blob"]})
+        return stored_blob(entry["blob"], "X-Blob-Hash",
+                           f"the blob {entry['blob']} is not stored on this validator")
 
     @router.get("/trainers")
     async def trainers() -> dict[str, Any]:
