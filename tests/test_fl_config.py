@@ -184,8 +184,10 @@ def test_a_validator_evaluates_on_its_own_copy_of_a_file_dataset(tmp_path: Path)
     cases = [(None, file_chain, 'genesis names app.dataset = "file"; set dataset_file'),
              ("missing.npz", file_chain, "dataset_file '.*missing.npz' is not a file"),
              ("digits.npz", FLConfig(V0, admission="open"),
-              "dataset_file is only used when genesis names app.dataset = \"file\" "
-              "\\(it names 'mnist_5k'\\)")]
+              "dataset_file is only used when genesis names a dataset read from a file "
+              "\\(it names 'mnist_5k'\\)"),
+             (None, FLConfig(V0, admission="open", dataset="csv"),
+              'genesis names app.dataset = "csv"; set dataset_file')]
     for dataset_file, fl, message in cases:
         with pytest.raises(ConfigError, match=message):
             node_dataset_file(node(tmp_path, dataset_file), fl)
