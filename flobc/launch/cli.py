@@ -212,8 +212,7 @@ def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
 def _project_options(project: Project, given: dict[str, Any]) -> dict[str, Any]:
     """What a project's settings file sets for testnet init; the project goes on the
     import path (the model and the loader are built here, to check them)."""
-    clash = [f"--{name.replace('_', '-')}" for name in ("model", "dataset", "dataset_file")
-             if name in given]
+    clash = [f"--{name}" for name in ("model", "dataset") if name in given]
     if clash:
         raise LaunchError(f"{', '.join(clash)} and --project: the project's {SETTINGS_FILE} "
                           "names the model and the dataset")
@@ -601,7 +600,8 @@ def _add_model_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--project", metavar="DIR",
                        help=f"a project folder (flobc new): its {SETTINGS_FILE} names the "
                        "model and the dataset (and the trainers), and the folder goes on "
-                       "every node's import path")
+                       "every node's import path; --dataset-file still gives a file "
+                       "dataset's file")
 
 
 def build_parser() -> argparse.ArgumentParser:
