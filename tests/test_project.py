@@ -15,7 +15,7 @@ from flobc.config import ConfigError
 from flobc.errors import LaunchError
 from flobc.launch.cli import main
 from flobc.launch.project import SETTINGS_FILE, load_project, new_project
-from flobc.ml.data import Dataset, DatasetError, load_dataset
+from flobc.ml.data import Dataset, DatasetError, dataset_source, load_dataset
 
 LOADERS = '''
 import numpy as np
@@ -90,6 +90,14 @@ def test_a_bad_loader_is_named(loaders: str, function: str, reason: str) -> None
 def test_a_loader_that_names_nothing_is_refused(options: dict, reason: str) -> None:
     with pytest.raises(DatasetError, match=reason):
         load_dataset("python", **options)
+
+
+def test_a_validator_finds_the_loader_before_it_starts(loaders: str) -> None:
+    dataset_source("python", {"loader": f"{loaders}:pairs"}).check_importable()
+    assert "flobc_test_loaders" not in sys.modules, "found, not run"
+    with pytest.raises(DatasetError, match="dataset loader 'flobc_test_absent:load': cannot "
+                                           "import module 'flobc_test_absent'"):
+        dataset_source("python", {"loader": "flobc_test_absent:load"}).check_importable()
 
 
 @pytest.mark.parametrize("framework", ["keras", "pytorch"])

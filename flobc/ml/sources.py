@@ -16,7 +16,7 @@ from typing import IO, ClassVar
 import numpy as np
 
 from flobc.ml.dataset import DATASETS, Dataset, DatasetError, DatasetSource, from_arrays
-from flobc.ml.imports import import_function, is_function_name
+from flobc.ml.imports import check_importable, import_function, is_function_name
 
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 MAX_CSV_BYTES = 1 << 30
@@ -237,6 +237,9 @@ class PythonLoader(DatasetSource):
             raise ValueError(f"loader must name a function as package.module:function, "
                              f"got {self.loader!r}")
         check_task(self.task)
+
+    def check_importable(self) -> None:
+        check_importable(self.loader, f"dataset loader {self.loader!r}", DatasetError)
 
     def load(self, path: str | None) -> Dataset:
         what = f"dataset loader {self.loader!r}"

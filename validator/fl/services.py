@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from flobc.config import ConfigError, Genesis, NodeConfig
-from flobc.ml.data import DATASETS
+from flobc.ml.data import DATASETS, DatasetError, dataset_source
 from flobc.ml.models import ModelError, check_importable
 from flobc.protocol.genesis import load_genesis_model
 from flobc.protocol.settings import FLConfig
@@ -81,9 +81,10 @@ def load_fl(config: NodeConfig, genesis: Genesis, ledger: Ledger) -> LoadedFL:
     genesis and stored before consensus starts, so the first block can refer to them."""
     model_v0 = load_genesis_model(config.genesis_path)
     app = FLApp.from_genesis(genesis, model_v0)
-    try:  # the evaluator builds the model; a validator that cannot would never vote
-        check_importable(app.config.model)
-    except ModelError as exc:
+    try:  # the evaluator builds the model and loads the data; a validator that cannot
+        check_importable(app.config.model)  # would never vote
+        dataset_source(app.config.dataset, app.config.dataset_options).check_importable()
+    except (ModelError, DatasetError) as exc:
         raise ConfigError(str(exc)) from exc
     node_dataset_file(config, app.config)
     ledger.put_blob(model_v0)
