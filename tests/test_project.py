@@ -44,12 +44,14 @@ def short():
 
 not_a_function = 3
 '''
+NEEDS_A_PACKAGE = "import flobc_test_not_installed\n\ndef load():\n    return None\n"
 
 
 @pytest.fixture
 def loaders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A module of loader functions on the import path; its name."""
     (tmp_path / "flobc_test_loaders.py").write_text(LOADERS)
+    (tmp_path / "flobc_test_needs.py").write_text(NEEDS_A_PACKAGE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flobc_test_loaders", raising=False)
     return "flobc_test_loaders"
@@ -90,6 +92,14 @@ def test_a_bad_loader_is_named(loaders: str, function: str, reason: str) -> None
 def test_a_loader_that_names_nothing_is_refused(options: dict, reason: str) -> None:
     with pytest.raises(DatasetError, match=reason):
         load_dataset("python", **options)
+
+
+def test_a_loader_whose_own_imports_are_missing_says_which(loaders: str) -> None:
+    with pytest.raises(DatasetError, match="dataset loader 'flobc_test_needs:load': importing "
+                                           "module 'flobc_test_needs' failed: it imports "
+                                           "'flobc_test_not_installed', which is not "
+                                           "installed"):
+        load_dataset("python", loader="flobc_test_needs:load")
 
 
 def test_a_validator_finds_the_loader_before_it_starts(loaders: str) -> None:

@@ -29,7 +29,10 @@ def import_function(name: str, what: str, error: type[Exception]) -> Callable[..
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise not_on_path(name, what, exc, error) from exc
+        if _is_part_of(exc.name, module_name):
+            raise not_on_path(name, what, exc, error) from exc
+        raise error(f"{what}: importing module {module_name!r} failed: it imports "
+                    f"{exc.name!r}, which is not installed") from exc
     except Exception as exc:  # the module's own code failed while importing
         raise error(f"{what}: importing module {module_name!r} failed: "
                     f"{type(exc).__name__}: {exc}") from exc
@@ -50,6 +53,12 @@ def check_importable(name: str, what: str, error: type[Exception]) -> None:
     if found is None:
         raise not_on_path(name, what, ModuleNotFoundError(f"No module named {module_name!r}"),
                           error)
+
+
+def _is_part_of(missing: str | None, module_name: str) -> bool:
+    """Whether the module not found is ``module_name`` or one of its packages (rather
+    than something it imports)."""
+    return missing is None or module_name == missing or module_name.startswith(missing + ".")
 
 
 def not_on_path(name: str, what: str, exc: ImportError, error: type[Exception]) -> Exception:
