@@ -184,8 +184,10 @@ def test_a_validator_evaluates_on_its_own_copy_of_a_file_dataset(tmp_path: Path)
     cases = [(None, file_chain, 'genesis names app.dataset = "file"; set dataset_file'),
              ("missing.npz", file_chain, "dataset_file '.*missing.npz' is not a file"),
              ("digits.npz", FLConfig(V0, admission="open"),
-              "dataset_file is only used when genesis names app.dataset = \"file\" "
-              "\\(it names 'mnist_5k'\\)")]
+              "dataset_file is only used when genesis names a dataset read from a file "
+              "\\(it names 'mnist_5k'\\)"),
+             (None, FLConfig(V0, admission="open", dataset="csv"),
+              'genesis names app.dataset = "csv"; set dataset_file')]
     for dataset_file, fl, message in cases:
         with pytest.raises(ConfigError, match=message):
             node_dataset_file(node(tmp_path, dataset_file), fl)
@@ -213,3 +215,45 @@ def test_dataset_options_only_apply_to_a_learning_chain(
     assert main(["testnet", "init", "--validators", "1", "--out", str(tmp_path / "net"),
                  "--dataset", "mnist_5k", "--dataset-file", "x.npz"]) == 1
     assert "--dataset, --dataset-file only apply with --app fl" in capsys.readouterr().err
+
+
+def test_the_dataset_table_names_a_source_and_its_options() -> None:
+    app = {"model_v0_hash": V0.hex(), "admission": "open",
+           "dataset": {"name": "csv", "target": "label", "features": ["age", "dose"],
+                       "task": "classification"}}
+    config = FLConfig.from_app(app)
+    assert (config.dataset, config.dataset_options) == (
+        "csv", {"target": "label", "features": ["age", "dose"], "task": "classification"})
+    assert config.to_app_dict()["dataset"] == app["dataset"]
+    written = fl_genesis({"name": "fl", **config.to_app_dict()}).to_toml()
+    assert FLConfig.from_genesis(Genesis.from_toml(written)) == config
+
+
+def test_a_dataset_named_by_a_string_is_written_back_as_one() -> None:
+    out = FLConfig(V0, admission="open", dataset="digits").to_app_dict()
+    assert out["dataset"] == "digits" and "dataset_options" not in out
+
+
+@pytest.mark.parametrize(("dataset", "reason"), [
+    ({"target": "y"}, "app.dataset.name is missing"),
+    ({"name": "parquet"}, "app.dataset.name: .*parquet"),
+    ({"name": "csv", "colour": "red"}, "app.dataset: dataset 'csv' has no option 'colour'; "
+                                       "its options: classes, features, target, task"),
+    ({"name": "csv", "task": "ranking"}, "app.dataset: dataset 'csv': task must be "
+                                         "classification, regression or multilabel"),
+    ({"name": "digits", "classes": 3}, "app.dataset: dataset 'digits' has no option "
+                                       "'classes'; its options: none"),
+    ({"name": "python"}, "app.dataset: dataset 'python': loader must name a function as "
+                         "package.module:function, got ''"),
+    ({"name": "python", "loader": "data.load"}, "loader must name a function"),
+])
+def test_bad_dataset_options_are_named(dataset: dict, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open",
+                           "dataset": dataset})
+
+
+def test_dataset_options_are_set_by_the_table_only() -> None:
+    with pytest.raises(ConfigError, match="app: unknown setting 'dataset_options'"):
+        FLConfig.from_app({"model_v0_hash": V0.hex(), "admission": "open",
+                           "dataset_options": {"target": "y"}})

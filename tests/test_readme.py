@@ -136,7 +136,7 @@ def test_readme_documents_every_command():
     assert shown == {("demo",), ("testnet", "init"), ("validator", "start"),
                      ("keys", "generate"), ("tx", "send"), ("status",), ("verify",),
                      ("cluster", "up"), ("trainer", "join"), ("model", "pull"),
-                     ("experiment",)}
+                     ("experiment",), ("new",)}
 
 
 @pytest.mark.parametrize("argv", readme_flobc_commands(), ids=shlex.join)
@@ -205,7 +205,7 @@ def test_the_command_line_reference_covers_every_command():
 CONFIG_TABLES: list[tuple[str, type, set[str]]] = [
     ("### genesis.toml\n", Genesis, {"consensus", "app"}),
     ("### genesis.toml `[consensus]`", ConsensusParams, set()),
-    ("### genesis.toml `[app]`", FLConfig, set()),
+    ("### genesis.toml `[app]`", FLConfig, {"dataset_options"}),
     ("### config.toml", NodeConfig, {"home"}),
     ("### trainer.toml", TrainerConfig, {"home"}),
 ]

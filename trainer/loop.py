@@ -20,11 +20,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -81,14 +81,16 @@ def round_seed(seed: int, partition_index: int, round_: int) -> int:
     return int(np.random.SeedSequence([seed, partition_index, round_]).generate_state(1)[0])
 
 
-def local_data(cfg: TrainerConfig, split_seed: int, behaviour: Behaviour | None = None
-               ) -> Dataset:
+def local_data(cfg: TrainerConfig, split_seed: int, behaviour: Behaviour | None = None,
+               options: Mapping[str, Any] | None = None) -> Dataset:
     """This trainer's share of the training split (validators' hold-out never included),
-    as its behaviour (by default ``cfg``'s) trains on it."""
+    as its behaviour (by default ``cfg``'s) trains on it; ``options``: the dataset's, as
+    genesis gives them (``[app.dataset]``)."""
     path = cfg.dataset_file
     try:
-        train = split(load_dataset(cfg.dataset, None if path is None else str(path)),
-                      seed=split_seed).train
+        dataset = load_dataset(cfg.dataset, None if path is None else str(path),
+                               **(options or {}))
+        train = split(dataset, seed=split_seed).train
         parts = partition(cfg.partitioner, train.y, cfg.partitions, cfg.seed,
                           **cfg.partitioner_options)
         own = train.subset(parts[cfg.partition_index])
@@ -195,7 +197,8 @@ class Trainer:
         self.journal = Journal(cfg.home)
         self.behaviour = make_behaviour(cfg.behaviour, cfg.behaviour_scale)
         """One instance for the whole run: a behaviour may remember earlier rounds."""
-        self.data = local_data(cfg, self.fl.seed, self.behaviour)
+        self.data = local_data(cfg, self.fl.seed, self.behaviour,
+                               self.fl.dataset_options)
         try:
             self.learner = learner_factory(self.fl.model, self.fl.seed, task=self.data.spec)
         except ModelError as exc:

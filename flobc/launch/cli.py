@@ -29,6 +29,7 @@ from flobc.consensus.light import VerificationError, verify_block, verify_state
 from flobc.consensus.messages import CheckpointCertificate, CommitCertificate
 from flobc.crypto import PrivateKey
 from flobc.errors import FlobcError, LaunchError
+from flobc.launch.project import FRAMEWORKS, SETTINGS_FILE, Project, load_project, new_project
 from flobc.launch.testnet import (
     DEFAULT_BASE_PORT,
     FLGenesis,
@@ -184,6 +185,9 @@ def cmd_testnet_init(args: argparse.Namespace) -> int:
               f"{fl.app['model_v0_hash']}")
         print(f"  dataset {fl.options.dataset}"
               + (f" at {fl.options.dataset_file}" if fl.options.dataset_file else ""))
+        if args.project is not None:
+            print(f"  every node imports the project: start each with "
+                  f"PYTHONPATH={load_project(args.project).folder}")
     return 0
 
 
@@ -193,14 +197,31 @@ FL_OPTIONS = ("trainers", "model", "dataset", "dataset_file", "max_blob_bytes", 
 
 def _fl_genesis(args: argparse.Namespace) -> FLGenesis | None:
     """The learning chain's genesis parts for ``--app fl``, else None."""
-    given = {name: getattr(args, name) for name in FL_OPTIONS
+    given = {name: getattr(args, name) for name in (*FL_OPTIONS, "project")
              if getattr(args, name) is not None}
     if args.app != "fl":
         if given:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
             raise LaunchError(f"{flags} only apply with --app fl")
         return None
+    if "project" in given:
+        given.update(_project_options(load_project(given.pop("project")), given))
     return make_fl_genesis(FLOptions(**given))
+
+
+def _project_options(project: Project, given: dict[str, Any]) -> dict[str, Any]:
+    """What a project's settings file sets for testnet init; the project goes on the
+    import path (the model and the loader are built here, to check them)."""
+    clash = [f"--{name}" for name in ("model", "dataset") if name in given]
+    if clash:
+        raise LaunchError(f"{', '.join(clash)} and --project: the project's {SETTINGS_FILE} "
+                          "names the model and the dataset")
+    project.activate()
+    options: dict[str, Any] = {"model": project.model, "dataset": project.dataset,
+                               "dataset_options": project.dataset_options}
+    if project.trainers is not None:
+        options["trainers"] = given.get("trainers", project.trainers)
+    return options
 
 
 def cmd_validator_start(args: argparse.Namespace) -> int:
@@ -391,14 +412,30 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     from flobc.launch.cluster import ClusterOptions, run_cluster
 
     behaviours = dict(args.byzantine or [])
+    project = None if args.project is None else load_project(args.project)
+    counts = {}  # a flag wins over the project's settings, which win over the defaults
+    for name in ("trainers", "rounds", "epochs"):
+        value = getattr(args, name)
+        if value is None and project is not None:
+            value = getattr(project, name)
+        if value is not None:
+            counts[name] = value
     return run_cluster(ClusterOptions(
-        validators=args.validators, trainers=args.trainers, rounds=args.rounds,
-        history=args.history, sync=args.sync, aggregator=args.aggregator,
-        validation=args.validation, round_deadline_ms=args.round_deadline_ms,
-        epochs=args.epochs, behaviours=behaviours,
+        validators=args.validators, history=args.history, sync=args.sync,
+        aggregator=args.aggregator, validation=args.validation,
+        round_deadline_ms=args.round_deadline_ms, behaviours=behaviours,
         workdir=args.keep, model=args.model, dataset=args.dataset,
         dataset_file=args.dataset_file, max_blob_bytes=args.max_blob_bytes,
-        partition=args.partition))
+        partition=args.partition, project=project, **counts))
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    written = new_project(args.name, args.framework)
+    print(f"wrote a {args.framework} project to {args.name}:")
+    for path in written:
+        print(f"  {path}")
+    print(f"run it on a local cluster: flobc cluster up --project {args.name}")
+    return 0
 
 
 def _list(text: str) -> list[str]:
@@ -560,6 +597,11 @@ def _add_model_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--partition", type=_partition, metavar="NAME[:VALUE]",
                        help="how the dataset is split among the trainers: "
                        f"{partition_help()} (default: {defaults.partition})")
+    group.add_argument("--project", metavar="DIR",
+                       help=f"a project folder (flobc new): its {SETTINGS_FILE} names the "
+                       "model and the dataset (and the trainers), and the folder goes on "
+                       "every node's import path; --dataset-file still gives a file "
+                       "dataset's file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -709,8 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
         "split no trainer or validator uses, round time, height and model hash. Stops "
         "on Ctrl-C or after --rounds.")
     up.add_argument("--validators", type=_positive_int, default=4, help="default: %(default)s")
-    up.add_argument("--trainers", type=_positive_int, default=4, help="default: %(default)s")
-    up.add_argument("--rounds", type=_positive_int, help="stop after this many rounds")
+    up.add_argument("--trainers", type=_positive_int,
+                    help="default: the project's, else 4")
+    up.add_argument("--rounds", type=_positive_int,
+                    help="stop after this many rounds (default: the project's, else never)")
     up.add_argument("--history", type=Path, metavar="FILE",
                     help="write the rounds to FILE as JSON as they commit")
     up.add_argument("--sync", choices=SYNC_SCHEMES.names(), default="bsp")
@@ -722,8 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--round-deadline-ms", type=_positive_int, default=60_000,
                     help="block time after which a round closes without the missing "
                     "updates (default: %(default)s)")
-    up.add_argument("--epochs", type=_positive_int, default=1,
-                    help="local epochs per round (default: %(default)s)")
+    up.add_argument("--epochs", type=_positive_int,
+                    help="local epochs per round (default: the project's, else 1)")
     up.add_argument("--byzantine", action="append", type=_byzantine, metavar="INDEX:BEHAVIOUR",
                     help="make trainer INDEX misbehave "
                     f"({', '.join(n for n in BEHAVIOURS if n != 'honest')}); repeatable")
@@ -731,6 +775,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keep", type=Path, metavar="DIR",
                     help="write the testnet to DIR and keep it (default: a temporary folder)")
     up.set_defaults(func=cmd_cluster_up)
+
+    new = commands.add_parser(
+        "new", help="write a project folder: a model, a data loader and their settings",
+        description="Write folder NAME with a model builder (NAME/<package>/model.py), a "
+        f"data loader (data.py) and a settings file ({SETTINGS_FILE}), ready to run "
+        "offline with flobc cluster up --project NAME; the package is NAME in lower case "
+        "with - as _.")
+    new.add_argument("name", metavar="NAME", help="the folder to write (new or empty)")
+    new.add_argument("--framework", choices=FRAMEWORKS, default="keras",
+                     help="the model's framework (default: %(default)s)")
+    new.set_defaults(func=cmd_new)
 
     _add_experiment(commands)
 

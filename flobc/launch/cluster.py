@@ -30,6 +30,7 @@ from flobc.crypto import sha256
 from flobc.errors import LaunchError
 from flobc.launch.localnet import LocalNet, free_port_range
 from flobc.launch.processes import ProcessGroup
+from flobc.launch.project import Project
 from flobc.protocol.settings import FLConfig
 
 POLL_S = 0.5
@@ -65,6 +66,9 @@ class ClusterOptions:
     partition: str | None = None
     """Model, dataset, the dataset's file, the blob limit and the partition as ``testnet
     init`` takes them (None: its default)."""
+    project: Project | None = None
+    """A project folder whose settings name the model and the dataset; every process
+    started here gets it on its import path."""
 
 
 def init_testnet(out: Path, options: ClusterOptions) -> None:
@@ -78,7 +82,8 @@ def init_testnet(out: Path, options: ClusterOptions) -> None:
                         ("--dataset-file", options.dataset_file),
                         ("--max-blob-bytes", options.max_blob_bytes),
                         ("--partition", options.partition),
-                        ("--validation", options.validation)):
+                        ("--validation", options.validation),
+                        ("--project", options.project and options.project.folder)):
         if value is not None:
             command += [flag, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -112,12 +117,12 @@ class Monitor:
 
     def __init__(self, genesis: Genesis, url: str, dataset_file: Path | None = None) -> None:
         """``dataset_file``: a copy of the dataset when genesis names ``dataset = "file"``."""
-        from flobc.ml.data import load_dataset, split
+        from flobc.ml.data import split
         from flobc.ml.learner import learner_for
 
         fl = FLConfig.from_genesis(genesis)
         try:  # DatasetError and ModelError: the user's file or builder
-            data = load_dataset(fl.dataset, None if dataset_file is None else str(dataset_file))
+            data = fl.load_dataset(None if dataset_file is None else str(dataset_file))
             self.learner = learner_for(fl.model, fl.seed, task=data.spec)
         except ValueError as exc:
             raise LaunchError(f"cannot measure test accuracy: {exc}") from exc
@@ -206,6 +211,8 @@ def run_cluster(options: ClusterOptions) -> int:
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     rows: list[dict[str, Any]] = []
     net = trainers = None
+    if options.project is not None:
+        options.project.activate()
     try:
         print(f"writing a learning testnet to {workdir}", flush=True)
         init_testnet(workdir, options)

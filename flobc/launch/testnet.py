@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class FLOptions:
     dataset_file: str | None = None
     """The .npz file of ``dataset = "file"``, written into every node's config as an
     absolute path (each host of a real deployment needs its copy there)."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """The dataset source's options, written to genesis as ``[app.dataset]``."""
     sync: str = "bsp"
     aggregator: str = "fedavg"
     validation: str = VALIDATION_RULES.name_of(type(FLConfig.validation))
@@ -92,6 +94,7 @@ def make_fl_genesis(options: FLOptions) -> FLGenesis:
     keys = tuple(PrivateKey.generate() for _ in range(options.trainers))
     # Settings are checked before the slow part (building the model imports TensorFlow).
     settings = dict(model=options.model, seed=options.seed, dataset=options.dataset,
+                    dataset_options=dict(options.dataset_options),
                     sync=options.sync, aggregator=options.aggregator,
                     validation=VALIDATION_RULES.get(options.validation)(),
                     admission=options.admission, round_deadline_ms=options.round_deadline_ms,
@@ -124,7 +127,7 @@ def _checked_dataset(options: FLOptions) -> tuple[str | None, Task]:
                           f" and only with them")
     path = None if options.dataset_file is None else str(Path(options.dataset_file).resolve())
     try:
-        return path, load_dataset(options.dataset, path).spec
+        return path, load_dataset(options.dataset, path, **options.dataset_options).spec
     except DatasetError as exc:
         flag = "--dataset-file" if path is not None else f"--dataset {options.dataset}"
         raise ConfigError(f"{flag}: {exc}") from exc

@@ -9,6 +9,7 @@ roles are in ``flobc.ml.dataset``; this module gathers them for the rest of flob
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -26,28 +27,35 @@ from flobc.ml.dataset import (
 from flobc.registry import UnknownChoice
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetSource", "Splits", "downloads",
-           "load_dataset", "sources", "split", "split_indices", "validator_shard"]
+           "dataset_source", "load_dataset", "sources", "split", "split_indices", "validator_shard"]
 
 
-def load_dataset(name: str = "mnist_5k", path: str | None = None,
-                 **options: Any) -> Dataset:
-    """The dataset ``name`` with its ``options``, or DatasetError naming the problem."""
+def dataset_source(name: str, options: Mapping[str, Any] | None = None) -> DatasetSource:
+    """The source ``name`` with its ``options`` (nothing loaded yet), or DatasetError
+    naming the problem."""
     try:
         source = DATASETS.get(name)
     except UnknownChoice:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: "
                            f"{', '.join(DATASETS.names())}") from None
-    if source.needs_file != (path is not None):
-        raise DatasetError(f"a path is needed with dataset {name!r}, and only with a "
-                           f"dataset read from a file "
-                           f"({', '.join(n for n in DATASETS if DATASETS.get(n).needs_file)})")
+    options = dict(options or {})
     known = {f.name for f in fields(source)}  # type: ignore[arg-type]
     unknown = sorted(set(options) - known)
     if unknown:
         raise DatasetError(f"dataset {name!r} has no option {unknown[0]!r}; its options: "
                            f"{', '.join(sorted(known)) or 'none'}")
     try:
-        instance = source(**options)
+        return source(**options)
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"dataset {name!r}: {exc}") from exc
-    return instance.load(path)
+
+
+def load_dataset(name: str = "mnist_5k", path: str | None = None,
+                 **options: Any) -> Dataset:
+    """The dataset ``name`` with its ``options``, or DatasetError naming the problem."""
+    source = dataset_source(name, options)
+    if source.needs_file != (path is not None):
+        raise DatasetError(f"a path is needed with dataset {name!r}, and only with a "
+                           f"dataset read from a file "
+                           f"({', '.join(n for n in DATASETS if DATASETS.get(n).needs_file)})")
+    return source.load(path)

@@ -124,6 +124,10 @@ class DatasetSource:
         """The dataset; ``path`` is the node's file when ``needs_file``, else None."""
         raise NotImplementedError
 
+    def check_importable(self) -> None:
+        """DatasetError unless the user's code this source runs is on the import path
+        (found, not run: a validator checks it before it starts)."""
+
 
 DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
 """Filled by flobc.ml.sources and flobc.ml.downloads; import it from flobc.ml.data."""

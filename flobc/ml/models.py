@@ -21,9 +21,6 @@ participant trains alike.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flobc.errors import InputError
+from flobc.ml import imports
 from flobc.ml.dataset import Task
+from flobc.ml.imports import import_function, is_function_name
 from flobc.ml.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -43,8 +42,6 @@ CLIP_NORM = 3.0
 epoch on 1,000 samples now and then ends on a step that throws an honest model far off
 (its loss on a validator's shard up 1.4 to 2.5 above the base's), and validators rightly
 reject it; with it, such steps stay small and learning is as fast (docs/benchmarks.md)."""
-BUILDER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
-"""``package.module:function``, the form of a model name outside the zoo."""
 
 
 class ModelError(InputError):
@@ -130,50 +127,25 @@ DEFAULT_MODEL = "mnist_cnn"
 def is_model_name(name: object) -> bool:
     """Whether ``name`` is a zoo name or has the form ``package.module:function``
     (nothing is imported: genesis is checked without TensorFlow)."""
-    return isinstance(name, str) and (name in MODELS or BUILDER_NAME.fullmatch(name) is not None)
+    return isinstance(name, str) and (name in MODELS or is_function_name(name))
 
 
 def model_builder(name: str) -> Callable[[int], keras.Model]:
     """The function that builds model ``name``: from the zoo, or imported."""
     if name in MODELS:
         return MODELS[name]
-    if BUILDER_NAME.fullmatch(name) is None:
+    if not is_function_name(name):
         raise ModelError(f"unknown model {name!r}; known models: "
                          f"{', '.join(sorted(MODELS))}, or a builder named "
                          "package.module:function")
-    module_name, _, function = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise _not_on_path(name, exc) from exc
-    except Exception as exc:  # the module's own code failed while importing
-        raise ModelError(f"model {name!r}: importing module {module_name!r} failed: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    builder = getattr(module, function, None)
-    if not callable(builder):
-        raise ModelError(f"model {name!r}: module {module_name!r} has no function "
-                         f"{function!r}")
-    return builder
+    return import_function(name, f"model {name!r}", ModelError)
 
 
 def check_importable(name: str) -> None:
     """ModelError unless model ``name``'s module is on this process's path. The module is
     found, not run, so a process that must not import TensorFlow can check early."""
-    if name in MODELS:
-        return
-    module_name = name.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module_name)
-    except ImportError as exc:  # a parent package is missing
-        raise _not_on_path(name, exc) from exc
-    if found is None:
-        raise _not_on_path(name, ModuleNotFoundError(f"No module named {module_name!r}"))
-
-
-def _not_on_path(name: str, exc: ImportError) -> ModelError:
-    return ModelError(f"model {name!r}: cannot import module {name.partition(':')[0]!r} "
-                      f"({exc}); every validator and trainer needs it on its path "
-                      "(PYTHONPATH, or install it)")
+    if name not in MODELS:
+        imports.check_importable(name, f"model {name!r}", ModelError)
 
 
 def model_task(name: str) -> Task | None:

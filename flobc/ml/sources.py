@@ -1,6 +1,7 @@
 """The dataset sources that work offline: the embedded MNIST sample (``mnist_5k``, the
 default: 5,000 digits, 500 per class; see data/ATTRIBUTION), ``.npz`` and ``.csv``
-files, and the datasets bundled with scikit-learn."""
+files, the datasets bundled with scikit-learn, and a loader function of the user's own
+(``python``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import IO, ClassVar
 import numpy as np
 
 from flobc.ml.dataset import DATASETS, Dataset, DatasetError, DatasetSource, from_arrays
+from flobc.ml.imports import check_importable, import_function, is_function_name
 
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 MAX_CSV_BYTES = 1 << 30
@@ -215,3 +217,40 @@ class Diabetes(_Sklearn):
     loader = "load_diabetes"
     task = "regression"
     standardise = True
+
+
+@DATASETS.register("python")
+@dataclass(frozen=True)
+class PythonLoader(DatasetSource):
+    """The user's own function ``loader = "package.module:function"``, imported on each
+    node like a model builder: called with no arguments, it returns arrays ``(x, y)`` (as
+    an ``.npz`` file holds them) or a ``flobc.ml.data.Dataset``. It must give the same data
+    on every node: validators vote on its split."""
+
+    loader: str = ""
+    task: str | None = None
+    """As for ``file``: by default from the targets' dtype (integers: classification)."""
+    classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not is_function_name(self.loader):
+            raise ValueError(f"loader must name a function as package.module:function, "
+                             f"got {self.loader!r}")
+        check_task(self.task)
+
+    def check_importable(self) -> None:
+        check_importable(self.loader, f"dataset loader {self.loader!r}", DatasetError)
+
+    def load(self, path: str | None) -> Dataset:
+        what = f"dataset loader {self.loader!r}"
+        function = import_function(self.loader, what, DatasetError)
+        try:
+            result = function()
+        except Exception as exc:  # the user's own code: report it, whatever it raised
+            raise DatasetError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        if isinstance(result, Dataset):
+            return result
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise DatasetError(f"{what} returned {type(result).__name__}; it must return "
+                               f"a pair of arrays (x, y) or a flobc Dataset")
+        return from_arrays(result[0], result[1], what, task=self.task, classes=self.classes)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flobc.config import ConfigError, Genesis
 from flobc.crypto import HASH_SIZE, PUBLIC_KEY_SIZE
-from flobc.ml.data import DATASETS
+from flobc.ml.data import DATASETS, Dataset, DatasetError, dataset_source, load_dataset
 from flobc.ml.models import MODELS, is_model_name
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator
 from flobc.protocol.reputation import MICRO
@@ -43,6 +43,8 @@ class FLConfig:
     dataset: str = "mnist_5k"
     """The dataset whose fixed split trainers train on and validators vote on: every
     node must use the same one. ``file``: each node's own copy of one .npz file."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """The dataset source's options (``[app.dataset]``: its ``name`` and these)."""
     admission: str = "allowlist"
     trainers: tuple[bytes, ...] = ()
     """Public keys admitted under ``admission = "allowlist"``."""
@@ -77,6 +79,12 @@ class FLConfig:
         _check_int(self.seed, "seed", 0, 2**63 - 1)
         _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS.names()}, "
                f"got {self.dataset!r}")
+        _check(isinstance(self.dataset_options, dict), "dataset",
+               "options must be a table of the dataset's settings")
+        try:
+            dataset_source(self.dataset, self.dataset_options)
+        except DatasetError as exc:
+            raise ConfigError(f"app.dataset: {exc}") from None
         _check(self.admission in ADMISSIONS, "admission", f"must be one of {ADMISSIONS}")
         self._check_trainers()
         _check(self.sync in SYNC_SCHEMES, "sync", f"must be one of {SYNC_SCHEMES.names()}")
@@ -113,6 +121,11 @@ class FLConfig:
             _check(not self.trainers, "trainers",
                    'is only used with admission = "allowlist"; remove it for "open"')
 
+    def load_dataset(self, path: str | None = None) -> Dataset:
+        """The dataset with its options; ``path``: the node's copy of a file dataset.
+        DatasetError naming the problem."""
+        return load_dataset(self.dataset, path, **self.dataset_options)
+
     @property
     def ssp_min_fraction_micro(self) -> int:
         return round(self.ssp_min_fraction * MICRO)
@@ -144,7 +157,7 @@ class FLConfig:
     def from_app(cls, app: dict[str, Any]) -> FLConfig:
         """The settings in a genesis ``[app]`` section, or ConfigError naming the problem.
         ``name`` (which application the chain runs) is the node's business, not a setting."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"dataset_options"}
         unknown = sorted(set(app) - known - {APP_NAME_KEY})
         if unknown:
             raise ConfigError(f"app: unknown setting {unknown[0]!r}; known settings: "
@@ -159,6 +172,8 @@ class FLConfig:
             values.update(_rule_table("sync", SYNC_SCHEMES, values.pop("sync"), values))
         if "validation" in values:
             values["validation"] = _validation_table(values["validation"])
+        if isinstance(values.get("dataset"), dict):
+            values["dataset"], values["dataset_options"] = _dataset_table(values["dataset"])
         values["model_v0_hash"] = _hex(values["model_v0_hash"], "model_v0_hash", HASH_SIZE)
         trainers = values.get("trainers", [])
         if not isinstance(trainers, list):
@@ -173,6 +188,9 @@ class FLConfig:
         out["model_v0_hash"] = self.model_v0_hash.hex()
         out["trainers"] = [t.hex() for t in self.trainers]
         out["validation"] = self.validation.table()
+        options = out.pop("dataset_options")
+        if options:
+            out["dataset"] = {"name": self.dataset, **options}
         return out
 
 
@@ -204,6 +222,12 @@ def _rule_table(key: str, registry: Registry[Any], table: dict[str, Any],
                               f"app.{rule.genesis_keys[setting]}; keep one")
         out[rule.genesis_keys[setting]] = value
     return out
+
+
+def _dataset_table(table: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``[app.dataset]``: a source's ``name`` and its options (checked by the source)."""
+    name, _ = _named_choice("dataset", DATASETS, table)
+    return name, {k: v for k, v in table.items() if k != "name"}
 
 
 def _validation_table(table: Any) -> ValidationRule:

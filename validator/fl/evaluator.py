@@ -32,7 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -79,6 +79,8 @@ class EvaluatorSettings:
     max_blob_bytes: int
     dataset_file: str | None = None
     """The node's copy of the dataset when genesis names ``dataset = "file"``."""
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """The dataset's options in genesis (``[app.dataset]``)."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,8 @@ class _Worker:
         from flobc.ml.weights import spec
 
         self.settings = settings
-        dataset = load_dataset(settings.dataset, settings.dataset_file)
+        dataset = load_dataset(settings.dataset, settings.dataset_file,
+                               **settings.dataset_options)
         self.learner = learner_for(settings.model, settings.seed, task=dataset.spec,
                                    single_thread=True)
         self.spec = spec(self.learner.get_weights())

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from flobc.config import ConfigError, Genesis, NodeConfig
+from flobc.ml.data import DATASETS, DatasetError, dataset_source
 from flobc.ml.models import ModelError, check_importable
 from flobc.protocol.genesis import load_genesis_model
 from flobc.protocol.settings import FLConfig
@@ -43,7 +44,8 @@ class FLServices:
             model=config.model, seed=config.seed, dataset=config.dataset,
             shard_index=node.config.index, shard_count=len(node.genesis.validators),
             max_blob_bytes=config.max_blob_bytes,
-            dataset_file=node_dataset_file(node.config, config))
+            dataset_file=node_dataset_file(node.config, config),
+            dataset_options=config.dataset_options)
         self.voter = Voter(node.host, node.key, node.genesis.chain_id, Evaluator(settings),
                            config)
         self.panel = LearningPanel(node, self.app)
@@ -79,9 +81,10 @@ def load_fl(config: NodeConfig, genesis: Genesis, ledger: Ledger) -> LoadedFL:
     genesis and stored before consensus starts, so the first block can refer to them."""
     model_v0 = load_genesis_model(config.genesis_path)
     app = FLApp.from_genesis(genesis, model_v0)
-    try:  # the evaluator builds the model; a validator that cannot would never vote
-        check_importable(app.config.model)
-    except ModelError as exc:
+    try:  # the evaluator builds the model and loads the data; a validator that cannot
+        check_importable(app.config.model)  # would never vote
+        dataset_source(app.config.dataset, app.config.dataset_options).check_importable()
+    except (ModelError, DatasetError) as exc:
         raise ConfigError(str(exc)) from exc
     node_dataset_file(config, app.config)
     ledger.put_blob(model_v0)
@@ -90,18 +93,18 @@ def load_fl(config: NodeConfig, genesis: Genesis, ledger: Ledger) -> LoadedFL:
 
 def node_dataset_file(config: NodeConfig, fl: FLConfig) -> str | None:
     """The dataset file this validator evaluates on: its config's ``dataset_file`` when
-    genesis names ``dataset = "file"``, else None; ConfigError when the two disagree or
-    the file is not there."""
+    genesis names a dataset read from a file (``file``, ``csv``), else None; ConfigError
+    when the two disagree or the file is not there."""
     where = config.home / "config.toml"
     path = config.dataset_path
-    if fl.dataset != "file":
+    if not DATASETS.get(fl.dataset).needs_file:
         if path is not None:
             raise ConfigError(f"{where}: dataset_file is only used when genesis names "
-                              f'app.dataset = "file" (it names {fl.dataset!r})')
+                              f"a dataset read from a file (it names {fl.dataset!r})")
         return None
     if path is None:
-        raise ConfigError(f'{where}: genesis names app.dataset = "file"; set dataset_file '
-                          "to this node's copy of the dataset (.npz)")
+        raise ConfigError(f'{where}: genesis names app.dataset = "{fl.dataset}"; set '
+                          "dataset_file to this node's copy of the dataset")
     if not path.is_file():
         raise ConfigError(f"{where}: dataset_file {str(path)!r} is not a file")
     return str(path)
