@@ -189,3 +189,33 @@ def test_influence_is_registered_with_its_settings_and_not_the_default() -> None
                              ) == config
     with pytest.raises(ConfigError, match="unknown setting 'give_up' of influence"):
         FLConfig.from_app({**app, "validation": {"name": "influence", "give_up": 0.5}})
+
+
+def test_the_influence_tolerance_is_per_unit_of_weight_in_the_round() -> None:
+    """An update may cost the round ``tolerance`` times its share of the aggregate: the
+    same harm is allowed to an update of four trainers' weight that is refused to one of
+    a hundredth. Scored by a quadratic loss, so each influence is exact arithmetic."""
+    target = np.array([1.0, -2.0, 0.5])
+
+    def quadratic(weights: Sequence[np.ndarray]) -> dict[str, float]:
+        return {"loss": float(np.square(weights[0] - target).sum())}
+
+    base = [np.zeros(3)]
+    rng = np.random.default_rng(0)
+    candidates = [Candidate(bytes([i]) * 32, [target + rng.normal(0, 1.5, 3)], samples)
+                  for i, samples in enumerate((400, 400, 100, 100, 10, 10, 1))]
+    total = sum(c.samples for c in candidates)
+    measured = Influence(tolerance=1e9).judge(base, candidates, everyone(candidates),
+                                              quadratic)
+    per_weight = {}
+    for c in candidates:
+        e = measured[c.trainer].evaluation
+        assert e is not None
+        per_weight[c.trainer] = (e.new_loss - e.base_loss) / (c.samples / total)
+    harmful = [t for t, v in per_weight.items() if v > 0]
+    assert len(harmful) >= 2, per_weight
+    tolerance = float(np.median([per_weight[t] for t in harmful]))
+    verdicts = Influence(tolerance=tolerance).judge(base, candidates, everyone(candidates),
+                                                    quadratic)
+    assert {t for t, v in verdicts.items() if v.accept} == {
+        t for t, v in per_weight.items() if v <= tolerance}

@@ -183,17 +183,25 @@ class Influence(ValidationRule):
 
         influence_i = loss(base + A) - loss(base + A_-i)
 
-    and the update is rejected when ``influence_i > tolerance`` (it makes the round's
-    model worse by more than that) or when ``||delta_i|| > norm_factor * median`` of the
-    candidates' norms. The score is ``-influence_i`` in thousandths. With one candidate,
-    A_-i is no step at all: base + delta against base.
+    and the update is rejected when ``influence_i > tolerance * share_i`` (it makes the
+    round's model worse by more than that; ``share_i`` is its weight in A, its samples
+    over the round's) or when ``||delta_i|| > norm_factor * median`` of the candidates'
+    norms. The score is ``-influence_i`` in thousandths. With one candidate, A_-i is no
+    step at all: base + delta against base.
+
+    Why the share: A - A_-i = share_i * (delta_i - A_-i), so to first order an update's
+    influence grows with its weight in the round. A fixed tolerance that fits ten
+    trainers (share 0.1) rejected half the honest label-skewed updates of a round of
+    four (share 0.25); ``tolerance`` is the loss a round may lose per unit of weight, so
+    one update of ten may cost 0.05 and one of four 0.125.
 
     Why: judged alone against a balanced shard, an honest update from a trainer holding
     two labels looks harmful (it forgets the others); inside the round's aggregate it
     pulls its own labels up while the others hold theirs. Measured on mnist_cnn, 10
     trainers with 2 label shards each, one local epoch: honest influence -0.17 to -0.01
     (at most +0.043), label flip -0.001 to +0.057, zero delta +0.005 to +0.02, sign flip
-    x4 +0.03 to +0.12, scaling x10 +2.2 to +5.9 — hence ``tolerance`` 0.05, which lets
+    x4 +0.03 to +0.12, scaling x10 +2.2 to +5.9 — hence ``tolerance`` 0.5 (0.05 at a
+    share of 0.1), which lets
     free riders and part of the label flips through (they cost little in an aggregate)
     and stops scaling. ``norm_factor`` 3 bounds model replacement, whose norm is 10x or
     more an honest one, while an honest norm stays well within 3x of the round's median.
@@ -219,7 +227,7 @@ class Influence(ValidationRule):
 
     round_wise: ClassVar[bool] = True
 
-    tolerance: float = 0.05
+    tolerance: float = 0.5
     norm_factor: float = 3.0
     wait_fraction: float = 0.5
 
@@ -232,6 +240,7 @@ class Influence(ValidationRule):
         samples = [c.samples for c in candidates]
         norms = [_norm(d) for d in deltas]
         median = float(np.median(norms))
+        total = sum(samples)
         with_all = score(fedavg(base, deltas, samples))
         index = {c.trainer: i for i, c in enumerate(candidates)}
         verdicts = {}
@@ -243,7 +252,8 @@ class Influence(ValidationRule):
             influence = with_all["loss"] - without["loss"]
             if math.isnan(influence):  # both infinite: this update cannot rescue it
                 influence = math.inf
-            accept = influence <= self.tolerance and norms[i] <= self.norm_factor * median
+            bound = self.tolerance * samples[i] / total
+            accept = influence <= bound and norms[i] <= self.norm_factor * median
             e = Evaluation(without["loss"], without.get("accuracy", 0.0),
                            with_all["loss"], with_all.get("accuracy", 0.0))
             verdicts[trainer] = Verdict(accept, milli(-influence), e)
