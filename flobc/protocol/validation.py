@@ -227,7 +227,7 @@ class Influence(ValidationRule):
 
     round_wise: ClassVar[bool] = True
 
-    tolerance: float = 0.5
+    tolerance: float = 1.0
     norm_factor: float = 3.0
     wait_fraction: float = 0.5
 
