@@ -38,11 +38,11 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
     import keras
 
     from flobc.ml.data import load_dataset, split, validator_shard
-    from flobc.ml.learner import KerasLearner
+    from flobc.ml.learner import KerasLearner, ShardScorer
     from flobc.ml.models import MODELS
     from flobc.ml.partition import iid
     from flobc.protocol.aggregation import fedavg
-    from flobc.protocol.validation import ChanceBound, Evaluation
+    from flobc.protocol.validation import ChanceBound, evaluation
     from flobc.trainer.loop import round_seed
 
     model = MODELS["mnist_cnn"](seed)
@@ -59,7 +59,8 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
     accuracy = []
     for r in range(1, rounds + 1):
         learner.set_weights(weights)
-        bases = [learner.evaluate(s.x, s.y) for s in shards]
+        scorers = [ShardScorer(learner, s) for s in shards]
+        bases = [score(weights) for score in scorers]
         kept, samples = [], []
         for t, part in enumerate(parts):
             learner.set_weights(weights)
@@ -67,10 +68,10 @@ def run(optimizer: dict[str, float], seed: int, rounds: int) -> dict[str, Any]:
             delta = [new - old for new, old in zip(learner.get_weights(), weights,
                                                    strict=True)]
             rejects = 0
-            for shard, base in zip(shards, bases, strict=True):
-                new = learner.evaluate(shard.x, shard.y)
-                accept, _ = ChanceBound().decide(Evaluation(
-                    base["loss"], base["accuracy"], new["loss"], new["accuracy"]))
+            trained = learner.get_weights()
+            for score, base in zip(scorers, bases, strict=True):
+                new = score(trained)
+                accept, _ = ChanceBound().decide(evaluation(base, new, score.chance))
                 rejects += not accept
                 largest_rise = max(largest_rise, new["loss"] - base["loss"])
             any_rejected += rejects > 0

@@ -6,7 +6,8 @@ trainers, with the same seeds, local epochs and batch size: the in-process loop 
 the very trainer homes that ``flobc testnet init --app fl`` wrote for the cluster, and
 trains with the trainers' own ``local_data`` and ``train_round``.
 
-    python benchmarks/round_overhead.py [--rounds 8] [--epochs 1]
+    python benchmarks/round_overhead.py [--rounds 8] [--epochs 1] \
+        [--validation chance_bound,influence]
 
 (a) In process: one Python process, one Keras model. Each round every trainer in turn
 trains from the global weights and computes its delta; ``flobc/protocol/aggregation.fedavg``
@@ -43,6 +44,14 @@ the round through a held status request, proof and weights over HTTP, verificati
 ``to_update_block`` from then to its update's block (training, submission, inclusion in
 a block).
 
+``--validation``: the cluster runs once per validation rule named, each on a testnet
+written alike but for its ``[app.validation]``, against the one in-process loop; one
+JSON line per rule, so the rules' costs compare side by side in one run.
+``judge_ms_per_update_per_validator``: the wall time each validator's evaluator worker
+spent judging updates during the measured rounds, over the updates it judged
+(``flobc_fl_judge_seconds_total`` and ``flobc_fl_updates_judged_total`` from every
+validator's /metrics), averaged over validators: the vote's own cost.
+
 ``identical_models``: rounds whose in-process model has the cluster's version hash
 (training is seeded and both sum the same deltas in the same order, so they agree until
 the validators reject an update the loop keeps); ``cluster_updates_not_accepted`` lists
@@ -74,6 +83,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from flobc.config import Genesis, load_key
 from flobc.consensus.messages import Block
@@ -217,10 +227,21 @@ class Watcher:
                  trainers: Trainers) -> None:
         self.client, self.url, self.net, self.trainers = client, url, net, trainers
         self.cpu_at: dict[int, dict[str, float]] = {}
+        self.judged_at: dict[int, list[tuple[float, float]]] = {}
 
     def cpu(self) -> dict[str, float]:
         return cpu_by_role([p.pid for p in self.net.procs if p is not None],
                            [p.pid for p in self.trainers.procs if p is not None])
+
+    def judged(self, url: str) -> tuple[float, float]:
+        """(seconds spent judging, updates judged) by one validator since it started."""
+        found = {}
+        for family in text_string_to_metric_families(self.client.get(f"{url}/metrics").text):
+            for sample in family.samples:
+                if sample.name in ("flobc_fl_judge_seconds_total",
+                                   "flobc_fl_updates_judged_total"):
+                    found[sample.name] = sample.value
+        return found["flobc_fl_judge_seconds_total"], found["flobc_fl_updates_judged_total"]
 
     def wait_version(self, version: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -229,6 +250,7 @@ class Watcher:
             if response.status_code == 200 and response.json()["version"] >= version:
                 self.cpu_at[version] = {**self.cpu(), "machine": machine_busy_s(),
                                         "benchmark": own_cpu_s()}
+                self.judged_at[version] = [self.judged(u) for u in self.net.urls]
                 return
             for i, proc in enumerate(self.trainers.procs):
                 if proc is not None and proc.poll() is not None:
@@ -321,12 +343,16 @@ def on_cluster(workdir: Path, chain: Chain, learner: Learner, total: int,
                  "votes": [[v["accept"], v["score_milli"]] for v in u["votes"].values()]}
                 for info in rounds for u in info["updates"] if u["status"] != "accepted"]
     begin, end = watcher.cpu_at[WARMUP_ROUNDS], watcher.cpu_at[total]
+    judge_ms = [1000 * (s1 - s0) / (n1 - n0) for (s0, n0), (s1, n1) in
+                zip(watcher.judged_at[WARMUP_ROUNDS], watcher.judged_at[total], strict=True)
+                if n1 > n0]
     q = (statistics.quantiles(latencies, n=10, method="inclusive") if len(latencies) > 1
          else [latencies[0]] * 9)
     return {
         "s_per_round": (records[total]["time_ms"] - records[WARMUP_ROUNDS]["time_ms"])
         / 1000 / measured,
         "warmup_s": (records[WARMUP_ROUNDS]["time_ms"] - records[0]["time_ms"]) / 1000,
+        "judge_ms_per_update_per_validator": round(statistics.fmean(judge_ms), 1),
         "vote_commit_p50_ms": statistics.median(latencies),
         "vote_commit_p90_ms": q[8],
         "vote_commit_max_ms": max(latencies),
@@ -353,16 +379,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8,
                         help="rounds measured, after one warm-up round")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    parser.add_argument("--validation", type=lambda v: v.split(","), default=[None],
+                        metavar="RULE,...", help="run the cluster once per validation rule "
+                        "(default: the testnet's default rule)")
     args = parser.parse_args(argv)
     total = WARMUP_ROUNDS + args.rounds
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="flobc-bench-") as tmp:
-        workdir = Path(tmp) / "net"
-        init_testnet(workdir, ClusterOptions())
-        chain = load_chain(workdir, args.epochs)
-        learner = learner_for(chain.fl.model, chain.fl.seed)
-        local = in_process(chain, learner, total)
-        cluster = on_cluster(workdir, chain, learner, total, args.epochs)
+        for rule in args.validation:
+            load_before = os.getloadavg()
+            workdir = Path(tmp) / f"net-{rule}"
+            init_testnet(workdir, ClusterOptions(validation=rule))
+            chain = load_chain(workdir, args.epochs)
+            learner = learner_for(chain.fl.model, chain.fl.seed)
+            local = in_process(chain, learner, total)  # trainer keys order the sum
+            cluster = on_cluster(workdir, chain, learner, total, args.epochs)
+            report(chain, local, cluster, total, args.rounds, load_before)
+    return 0
+
+
+def report(chain: Chain, local: dict[str, Any], cluster: dict[str, Any], total: int,
+           measured: int, load_before: tuple[float, float, float]) -> None:
+    """Print one JSON line comparing the loop with one cluster run."""
     cfg = chain.configs[0]
     same = [a == b for a, b in zip(local["hashes"], cluster["hashes"], strict=True)]
     result = {
@@ -371,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_trainer": local["samples"],
         "local_epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "sync": chain.fl.sync, "aggregator": chain.fl.aggregator,
-        "warmup_rounds": WARMUP_ROUNDS, "rounds_measured": args.rounds,
+        "validation": chain.fl.validation.table()["name"],
+        "warmup_rounds": WARMUP_ROUNDS, "rounds_measured": measured,
         "ratio": round(cluster["s_per_round"] / local["s_per_round"], 2),
         "inprocess_s_per_round": round(local["s_per_round"], 3),
         "cluster_s_per_round": round(cluster["s_per_round"], 3),
@@ -386,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "cluster": round(cluster["others_cpu_s_per_round"], 2)},
         "inprocess_warmup_s": round(local["warmup_s"], 2),
         "cluster_warmup_s": round(cluster["warmup_s"], 2),
+        "judge_ms_per_update_per_validator": cluster["judge_ms_per_update_per_validator"],
         "vote_commit_p50_ms": cluster["vote_commit_p50_ms"],
         "vote_commit_p90_ms": round(cluster["vote_commit_p90_ms"]),
         "vote_commit_max_ms": cluster["vote_commit_max_ms"],
@@ -407,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
     }
     json.dump(result, sys.stdout)
-    print()
-    return 0
+    print(flush=True)
 
 
 if __name__ == "__main__":

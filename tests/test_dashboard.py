@@ -3,19 +3,21 @@ driven by Playwright) against real clusters on loopback.
 
 A learning cluster (four validator processes with their evaluator workers, two trainer
 processes) runs for a few rounds while one page stays open: the round it shows rises,
-the accuracy plot gains points, the trainer table and the trust history agree with the
-chain, the votes of a decided round are shown per validator, and the model carries the
-"verified by 2f+1" mark only as far as the light client's own check of
-``/fl/models/{v}/proof`` goes. A key-value cluster shows the chain and hides the
-learning panels. No page may log a console error. The two computations behind the
-page are also checked on their own: the trust history rebuilt from the round records
-(against the trust the chain stored, through accepts, rejects, an exclusion and a
-newcomer), and the verification behind the mark (refusing a certificate one signature
-short of 2f+1, a forged signature, and weights other than the certified ones).
+the metrics plot gains points (a regression cluster's plot shows its own metrics), the
+trainer table and the trust history agree with the chain, the votes of a decided round
+are shown per validator, and the model carries the "verified by 2f+1" mark only as far
+as the light client's own check of ``/fl/models/{v}/proof`` goes. A key-value cluster
+shows the chain and hides the learning panels. No page may log a console error. The two
+computations behind the page are also checked on their own: the trust history rebuilt
+from the round records (against the trust the chain stored, through accepts, rejects, an
+exclusion and a newcomer), and the verification behind the mark (refusing a certificate
+one signature short of 2f+1, a forged signature, and weights other than the certified
+ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,20 +121,20 @@ class FLNet:
         return response.json()
 
 
-@pytest.fixture(scope="module")
-def fl_net(tmp_path_factory: pytest.TempPathFactory,
-           pytestconfig: pytest.Config) -> Iterator[FLNet]:
-    out = tmp_path_factory.mktemp("dashboard-fl") / "net"
+@contextlib.contextmanager
+def learning_net(out: Path, pytestconfig: pytest.Config, *init: str) -> Iterator[FLNet]:
+    """A learning testnet written by ``testnet init`` (with ``init``'s extra flags), its
+    validators and trainers running."""
     base = free_port_range(2 * VALIDATORS)
-    init = run_flobc("testnet", "init", "--app", "fl", "--validators", VALIDATORS,
+    done = run_flobc("testnet", "init", "--app", "fl", "--validators", VALIDATORS,
                      "--trainers", TRAINERS, "--out", out, "--base-port", base,
-                     "--round-deadline-ms", DEADLINE_MS)
-    assert init.returncode == 0, init.stderr
+                     "--round-deadline-ms", DEADLINE_MS, *init)
+    assert done.returncode == 0, done.stderr
     cluster = Cluster(out, [Validator(i, out / f"validator-{i}",
                                       f"http://127.0.0.1:{base + 2 * i + 1}",
                                       out / f"validator-{i}.log") for i in range(VALIDATORS)])
     trainers = Trainers(out, ClusterOptions(epochs=1))
-    plugin = failure_report_plugin(cluster, "fl_net")
+    plugin = failure_report_plugin(cluster, out.parent.name)
     pytestconfig.pluginmanager.register(plugin)
     try:
         cluster.start_all()
@@ -144,6 +146,13 @@ def fl_net(tmp_path_factory: pytest.TempPathFactory,
         pytestconfig.pluginmanager.unregister(plugin)
         trainers.stop_all()
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def fl_net(tmp_path_factory: pytest.TempPathFactory,
+           pytestconfig: pytest.Config) -> Iterator[FLNet]:
+    with learning_net(tmp_path_factory.mktemp("dashboard-fl") / "net", pytestconfig) as net:
+        yield net
 
 
 @pytest.fixture(scope="module")
@@ -181,23 +190,51 @@ def test_votes_of_a_decided_round_are_shown_per_validator(fl_page: Page) -> None
     assert headers[-VALIDATORS:] == [f"V{i}" for i in range(VALIDATORS)]
 
 
-@pytest.mark.slow
-def test_accuracy_plot_has_a_point_per_evaluated_version(fl_page: Page, fl_net: FLNet) -> None:
-    points = fl_page.wait("() => document.querySelectorAll('#accuracy-plot circle.point')"
-                          ".length >= 2 && document.querySelectorAll("
-                          "'#accuracy-plot circle.point').length",
-                          "two points in the accuracy plot", ROUND_TIMEOUT_MS)
-    evaluations = fl_net.get("/fl/evaluations?limit=100")
+def plotted_metrics(page: Page, net: FLNet, names: list[str]) -> list[float]:
+    """Wait for two evaluated versions in the metrics plot; check that it shows each of
+    ``names`` as /fl/evaluations serves them, and return the plotted values."""
+    points = page.wait("(n) => document.querySelectorAll('#metrics-plot circle.point')"
+                       ".length >= 2 * n && document.querySelectorAll("
+                       "'#metrics-plot circle.point').length",
+                       "two versions in the metrics plot", ROUND_TIMEOUT_MS, arg=len(names))
+    evaluations = net.get("/fl/evaluations?limit=100")
     assert evaluations["split"] == "test"
-    assert len(evaluations["versions"]) >= points  # the page shows what was evaluated
-    shown = fl_page.page.locator("#accuracy-plot circle.point")
+    assert {k for e in evaluations["versions"] for k in e} == {"version", "loss", *names}
+    shown = page.page.locator("#metrics-plot circle.point")
+    titles = [shown.nth(i).locator("title").text_content() or "" for i in range(points)]
+    assert {t.split(",")[0] for t in titles} == set(names)
     xs = [int(shown.nth(i).get_attribute("data-x")) for i in range(points)]
     ys = [float(shown.nth(i).get_attribute("data-y")) for i in range(points)]
-    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    served = {(name, e["version"]): e[name] for e in evaluations["versions"] for name in names}
+    for title, x, y in zip(titles, xs, ys, strict=True):
+        assert served[(title.split(",")[0], x)] == y
+    assert page.page.is_hidden("#metrics-empty")
+    assert page.page.locator("#metrics-title").inner_text() == (
+        f"Test {' and '.join(names)} per model version")
+    return ys
+
+
+@pytest.mark.slow
+def test_accuracy_plot_has_a_point_per_evaluated_version(fl_page: Page, fl_net: FLNet) -> None:
+    ys = plotted_metrics(fl_page, fl_net, ["accuracy"])
     assert all(0.0 <= y <= 1.0 for y in ys)
-    served = {e["version"]: e["accuracy"] for e in evaluations["versions"]}
-    assert all(served[x] == y for x, y in zip(xs, ys, strict=True))
-    assert fl_page.page.is_hidden("#accuracy-empty")
+
+
+@pytest.mark.slow
+def test_a_regression_task_plots_its_own_metrics(browser: Any, tmp_path: Path,
+                                                 pytestconfig: pytest.Config) -> None:
+    """A task without accuracy: the plot shows what the validators score it by."""
+    with learning_net(tmp_path / "net", pytestconfig, "--model", "diabetes_mlp",
+                      "--dataset", "diabetes") as net:
+        page = open_page(browser, net.cluster.validators[0].url)
+        try:
+            ys = plotted_metrics(page, net, ["mae", "rmse"])
+            assert all(y > 0.0 for y in ys)
+            ticks = page.page.locator("#metrics-plot text.tick").all_text_contents()
+            assert ticks and not any("%" in t for t in ticks), ticks  # errors, not shares
+            assert not page.errors, page.errors
+        finally:
+            page.page.close()
 
 
 @pytest.mark.slow

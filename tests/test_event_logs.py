@@ -322,6 +322,11 @@ def test_the_round_in_the_metrics(learning: Learning, index: int) -> None:
                if me.public_key.hex() in u["votes"]]
     assert value(samples, "flobc_fl_votes_cast_total", vote="accept") >= counted.count(True)
     assert value(samples, "flobc_fl_votes_cast_total", vote="reject") >= counted.count(False)
+    # Every vote cast was judged by the evaluator worker, whose time is counted.
+    judged = value(samples, "flobc_fl_updates_judged_total")
+    assert judged >= value(samples, "flobc_fl_votes_cast_total", vote="accept") + value(
+        samples, "flobc_fl_votes_cast_total", vote="reject")
+    assert value(samples, "flobc_fl_judge_seconds_total") > 0
 
 
 def test_round_duration_matches_the_logged_round(learning: Learning) -> None:

@@ -276,10 +276,12 @@ def _digest(weights: list[np.ndarray]) -> bytes:
     return sha256(b"".join(w.tobytes() for w in weights))
 
 
-def test_the_shipped_small_grid_file_is_a_valid_grid() -> None:
-    grid = make_grid(Path(__file__).parent.parent / "benchmarks" / "grids" / "small.toml")
-    assert (grid.model, grid.trainers, grid.rounds) == ("mnist_cnn", 10, 8)
-    assert len(grid.cells()) == 8
+@pytest.mark.parametrize(("name", "cells"), [("small", 8), ("full", 112), ("honest", 10),
+                                           ("attacks", 32), ("colluders", 12)])
+def test_the_shipped_grid_files_are_valid_grids(name: str, cells: int) -> None:
+    grid = make_grid(Path(__file__).parent.parent / "benchmarks" / "grids" / f"{name}.toml")
+    assert grid.trainers == 10
+    assert len(grid.cells()) == cells
 
 
 def test_under_bap_each_accepted_update_is_its_own_version(tmp_path: Path) -> None:

@@ -113,7 +113,8 @@ def test_a_registered_validation_rule_is_selected_by_genesis(loss_floor: None) -
     assert config.validation == LossFloor(3.0)
     assert FLConfig.from_app(config.to_app_dict()) == config
     chance_bound = FLConfig(config.model_v0_hash, admission="open").validation
-    worse = Evaluation(base_loss=1.0, base_accuracy=0.9, new_loss=2.5, new_accuracy=0.5)
+    worse = Evaluation(base_loss=1.0, base_accuracy=0.9, new_loss=2.5, new_accuracy=0.5,
+                       chance_loss=2.3, chance_accuracy=0.1)
     assert config.validation.decide(worse) == (True, 7)
     assert chance_bound.decide(worse) == (False, -1500)
     with pytest.raises(ConfigError, match="app.validation: unknown setting 'give_up' of "

@@ -8,7 +8,7 @@ Round 1 is also played with four trainers of 1,000 samples: the smaller honest s
 makes its sign-flipped twin the hardest attack to see. The worker gets blobs by hash
 (``put``) and judges by the rule's genesis table; the last tests check that the
 worker's verdicts are the rule's own ``judge`` run in this process with
-``shard_scorer``, and how blobs reach it.
+``ShardScorer``, and how blobs reach it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from flobc.ml.data import load_dataset, split
 from flobc.ml.partition import partition
 from flobc.ml.weights import encode_weights
 from flobc.protocol.validation import (
-    CHANCE_ACCURACY,
-    CHANCE_LOSS,
     ChanceBound,
     Evaluation,
     ValidationRule,
@@ -47,6 +45,8 @@ from flobc.validator.fl.evaluator import (
 
 RULE = ChanceBound()
 decide = RULE.decide
+CHANCE_LOSS, CHANCE_ACCURACY = math.log(10), 0.1
+"""A uniform guess over MNIST's 10 digits."""
 GIVE_UP, LOSS_SLACK, ACCURACY_SLACK = RULE.give_up, RULE.loss_slack, RULE.accuracy_slack
 
 VALIDATORS = 4
@@ -245,24 +245,28 @@ def test_a_stopped_evaluator_refuses_work_and_leaves_no_process(base: Weights) -
         evaluate(worker, base, base)
 
 
+def mnist(base_loss: float, base_acc: float, loss: float, acc: float) -> Evaluation:
+    return Evaluation(base_loss, base_acc, loss, acc, CHANCE_LOSS, CHANCE_ACCURACY)
+
+
 def test_decide_at_its_boundaries() -> None:
     base_loss, base_acc = 0.3, 0.9
     loss_bound = base_loss + GIVE_UP * (CHANCE_LOSS - base_loss) + LOSS_SLACK
     acc_bound = base_acc - GIVE_UP * (base_acc - CHANCE_ACCURACY) - ACCURACY_SLACK
-    assert decide(Evaluation(base_loss, base_acc, loss_bound, acc_bound))[0]
-    assert not decide(Evaluation(base_loss, base_acc, math.nextafter(loss_bound, 9),
+    assert decide(mnist(base_loss, base_acc, loss_bound, acc_bound))[0]
+    assert not decide(mnist(base_loss, base_acc, math.nextafter(loss_bound, 9),
                                  base_acc))[0]
-    assert not decide(Evaluation(base_loss, base_acc, base_loss,
+    assert not decide(mnist(base_loss, base_acc, base_loss,
                                  math.nextafter(acc_bound, 0)))[0]
     # A base no better than chance: only the slack is allowed.
-    assert decide(Evaluation(2.5, 0.05, 2.5 + LOSS_SLACK, 0.05 - ACCURACY_SLACK))[0]
-    assert not decide(Evaluation(2.5, 0.05, 2.5 + 1.01 * LOSS_SLACK, 0.05))[0]
-    assert decide(Evaluation(2.0, 0.5, 1.5, 0.6)) == (True, 500)
-    assert decide(Evaluation(2.0, 0.5, 2.15, 0.5)) == (True, -150)
-    accept, score = decide(Evaluation(base_loss, base_acc, math.inf, 0.1))
+    assert decide(mnist(2.5, 0.05, 2.5 + LOSS_SLACK, 0.05 - ACCURACY_SLACK))[0]
+    assert not decide(mnist(2.5, 0.05, 2.5 + 1.01 * LOSS_SLACK, 0.05))[0]
+    assert decide(mnist(2.0, 0.5, 1.5, 0.6)) == (True, 500)
+    assert decide(mnist(2.0, 0.5, 2.15, 0.5)) == (True, -150)
+    accept, score = decide(mnist(base_loss, base_acc, math.inf, 0.1))
     assert not accept and score == -(2**31)
-    assert not decide(Evaluation(base_loss, base_acc, math.nan, base_acc))[0]
-    assert decide(Evaluation(1e12, 0.1, 0.0, 0.9)) == (True, 2**31 - 1)
+    assert not decide(mnist(base_loss, base_acc, math.nan, base_acc))[0]
+    assert decide(mnist(1e12, 0.1, 0.0, 0.9)) == (True, 2**31 - 1)
 
 
 def test_the_validator_side_never_imports_tensorflow() -> None:
@@ -336,14 +340,14 @@ def test_the_worker_dies_with_a_killed_node() -> None:
 
 @pytest.fixture(scope="module")
 def in_process():
-    """The rule's own judge, scored here with ``shard_scorer`` on validator 0's shard:
+    """The rule's own judge, scored here with ``ShardScorer`` on validator 0's shard:
     what an experiment runs."""
     from flobc.ml.data import validator_shard
-    from flobc.ml.learner import learner_for, shard_scorer
+    from flobc.ml.learner import ShardScorer, learner_for
 
     shard = validator_shard(split(load_dataset(DATASET), seed=SEED).validator_holdout, 0,
                             VALIDATORS)
-    return shard_scorer(learner_for(MODEL, SEED), shard.x, shard.y)
+    return ShardScorer(learner_for(MODEL, SEED), shard)
 
 
 def round_refs(blobs: Blobs, base: Weights, deltas: list[Weights]) -> list[CandidateRef]:

@@ -67,3 +67,22 @@ def test_multilabel_scores_are_binary_cross_entropy_and_label_accuracy() -> None
     expected = -np.mean([np.log(0.9), np.log(0.8), np.log(0.4), np.log(0.6)])
     assert score["loss"] == pytest.approx(expected)
     assert score["accuracy"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("dataset", "expected"), [
+    ("digits", {"loss": np.log(10), "accuracy": 0.1}),
+    ("breast_cancer", {"loss": np.log(2), "accuracy": 0.5}),
+])
+def test_the_chance_level_of_a_classification_task_is_a_uniform_guess(
+        dataset: str, expected: dict[str, float]) -> None:
+    data = load_dataset(dataset)
+    assert OBJECTIVES.get(data.task)().chance(data.y, data.classes) == pytest.approx(expected)
+
+
+def test_the_chance_level_of_a_regression_task_is_its_mean() -> None:
+    """What always predicting the targets' mean scores: the MSE is their variance."""
+    y = load_dataset("diabetes").y
+    chance = OBJECTIVES.get("regression")().chance(y, 0)
+    assert chance["loss"] == pytest.approx(np.var(y.astype(np.float64)))
+    assert chance["rmse"] == pytest.approx(np.std(y.astype(np.float64)))
+    assert chance["mae"] == pytest.approx(np.abs(y - y.astype(np.float64).mean()).mean())

@@ -3,7 +3,7 @@
 Ten trainers hold two label shards each of the embedded MNIST sample (most see two
 digits), train one local epoch of mnist_mlp from the same base, as trainers do, and
 FedAvg moves the base on for the next round; each of the four validators' hold-out
-shards scores through ``shard_scorer``, as the evaluator worker and the experiment
+shards scores through ``ShardScorer``, as the evaluator worker and the experiment
 harness do. Judged alone against a balanced shard (``chance_bound``) these honest
 updates look harmful; judged inside their round (``influence``) they do not, while a
 scaled (x10) or sign-flipped (x4) update still is.
@@ -11,7 +11,9 @@ scaled (x10) or sign-flipped (x4) update still is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -52,9 +54,9 @@ def shards() -> list[Dataset]:
 
 @pytest.fixture(scope="module")
 def scorers(learner, shards: list[Dataset]) -> list[Scorer]:
-    from flobc.ml.learner import shard_scorer
+    from flobc.ml.learner import ShardScorer
 
-    return [shard_scorer(learner, s.x, s.y) for s in shards]
+    return [ShardScorer(learner, s) for s in shards]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,17 @@ def rounds(learner) -> list[Round]:
         played.append((base, candidates))
         base = fedavg(base, [c.delta for c in candidates], [c.samples for c in candidates])
     return played
+
+
+@dataclass
+class Scores:
+    """A scorer of plain arithmetic (not a model), to pin a rule's decision exactly."""
+
+    score: Callable[[Sequence[np.ndarray]], dict[str, float]]
+    chance: dict[str, float] = field(default_factory=lambda: {"loss": math.inf})
+
+    def __call__(self, weights: Sequence[np.ndarray], /) -> dict[str, float]:
+        return self.score(weights)
 
 
 def everyone(candidates: Sequence[Candidate]) -> list[bytes]:
@@ -171,7 +184,7 @@ def test_a_non_finite_model_is_rejected_with_the_worst_score(rounds: list[Round]
     def broken(weights: Sequence[np.ndarray]) -> dict[str, float]:
         return {"loss": float("inf"), "accuracy": 0.0}
 
-    v = Influence().judge(base, candidates, everyone(candidates)[:1], broken)
+    v = Influence().judge(base, candidates, everyone(candidates)[:1], Scores(broken))
     assert [(x.accept, x.score_milli) for x in v.values()] == [(False, SCORE_RANGE[0])]
 
 
@@ -189,3 +202,33 @@ def test_influence_is_registered_with_its_settings_and_not_the_default() -> None
                              ) == config
     with pytest.raises(ConfigError, match="unknown setting 'give_up' of influence"):
         FLConfig.from_app({**app, "validation": {"name": "influence", "give_up": 0.5}})
+
+
+def test_the_influence_tolerance_is_per_unit_of_weight_in_the_round() -> None:
+    """An update may cost the round ``tolerance`` times its share of the aggregate: the
+    same harm is allowed to an update of four trainers' weight that is refused to one of
+    a hundredth. Scored by a quadratic loss, so each influence is exact arithmetic."""
+    target = np.array([1.0, -2.0, 0.5])
+
+    def quadratic(weights: Sequence[np.ndarray]) -> dict[str, float]:
+        return {"loss": float(np.square(weights[0] - target).sum())}
+
+    base = [np.zeros(3)]
+    rng = np.random.default_rng(0)
+    candidates = [Candidate(bytes([i]) * 32, [target + rng.normal(0, 1.5, 3)], samples)
+                  for i, samples in enumerate((400, 400, 100, 100, 10, 10, 1))]
+    total = sum(c.samples for c in candidates)
+    measured = Influence(tolerance=1e9).judge(base, candidates, everyone(candidates),
+                                              Scores(quadratic))
+    per_weight = {}
+    for c in candidates:
+        e = measured[c.trainer].evaluation
+        assert e is not None
+        per_weight[c.trainer] = (e.new_loss - e.base_loss) / (c.samples / total)
+    harmful = [t for t, v in per_weight.items() if v > 0]
+    assert len(harmful) >= 2, per_weight
+    tolerance = float(np.median([per_weight[t] for t in harmful]))
+    verdicts = Influence(tolerance=tolerance).judge(base, candidates, everyone(candidates),
+                                                    Scores(quadratic))
+    assert {t for t, v in verdicts.items() if v.accept} == {
+        t for t, v in per_weight.items() if v <= tolerance}

@@ -10,12 +10,12 @@ promised to be bit-exact: only aggregation, done in numpy, has to be.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from flobc.ml.dataset import Task
+from flobc.ml.dataset import Dataset, Task
 from flobc.ml.objectives import OBJECTIVES
 from flobc.ml.weights import WeightsError, spec
 
@@ -121,17 +121,22 @@ class KerasLearner:
         return ".keras"
 
 
-def shard_scorer(learner: Learner, x: np.ndarray, y: np.ndarray
-                 ) -> Callable[[Sequence[np.ndarray]], dict[str, float]]:
-    """Scores weights on (x, y) with ``learner``: the metrics of ``evaluate``, a loss
-    that is not finite counted as infinite (a validation rule's ``Scorer``)."""
-    def score(weights: Sequence[np.ndarray]) -> dict[str, float]:
-        learner.set_weights(list(weights))
-        metrics = dict(learner.evaluate(x, y))
+class ShardScorer:
+    """Scores weights on a data set with ``learner``: the metrics of ``evaluate``, a loss
+    that is not finite counted as infinite (a validation rule's ``Scorer``). ``chance``
+    is what a model that knows nothing scores there, from the task's objective."""
+
+    def __init__(self, learner: Learner, data: Dataset) -> None:
+        self.learner = learner
+        self.data = data
+        self.chance = OBJECTIVES.get(data.task)().chance(data.y, data.classes)
+
+    def __call__(self, weights: Sequence[np.ndarray], /) -> dict[str, float]:
+        self.learner.set_weights(list(weights))
+        metrics = dict(self.learner.evaluate(self.data.x, self.data.y))
         if not math.isfinite(metrics["loss"]):
             metrics["loss"] = math.inf
         return metrics
-    return score
 
 
 def _single_thread() -> None:

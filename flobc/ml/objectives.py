@@ -9,6 +9,7 @@ learner reports the same numbers for the same outputs. Every score has ``loss``
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +31,11 @@ class Objective:
 
     def batch(self, outputs: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Sums over one batch (divided by the sample count at the end)."""
+        raise NotImplementedError
+
+    def chance(self, y: np.ndarray, classes: int) -> dict[str, float]:
+        """What a model that knows nothing scores on targets ``y`` (of ``classes``
+        labels): the level a validation rule may measure progress from."""
         raise NotImplementedError
 
     def finish(self, sums: dict[str, float], n: int) -> dict[str, float]:
@@ -66,6 +72,10 @@ class Classification(Objective):
         return {"loss": -float(np.log(np.clip(picked, PROB_EPSILON, 1.0)).sum()),
                 "accuracy": float((outputs.argmax(axis=1) == labels).sum())}
 
+    def chance(self, y: np.ndarray, classes: int) -> dict[str, float]:
+        """A uniform guess over the classes."""
+        return {"loss": math.log(classes), "accuracy": 1 / classes}
+
 
 @OBJECTIVES.register("regression")
 class Regression(Objective):
@@ -85,6 +95,12 @@ class Regression(Objective):
         out["rmse"] = float(np.sqrt(out["loss"]))
         return out
 
+    def chance(self, y: np.ndarray, classes: int) -> dict[str, float]:
+        """Always the targets' mean."""
+        t = np.asarray(y, np.float64).reshape(len(y), -1)
+        mean = t.mean(axis=0)
+        return self.finish(self.batch(np.broadcast_to(mean, t.shape), t), len(t))
+
 
 @OBJECTIVES.register("multilabel")
 class Multilabel(Objective):
@@ -100,3 +116,7 @@ class Multilabel(Objective):
         bce = -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean(axis=1)
         return {"loss": float(bce.sum()),
                 "accuracy": float(((outputs > 0.5) == (t > 0.5)).mean(axis=1).sum())}
+
+    def chance(self, y: np.ndarray, classes: int) -> dict[str, float]:
+        """A coin toss per label."""
+        return {"loss": math.log(2), "accuracy": 0.5}

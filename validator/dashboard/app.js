@@ -157,8 +157,9 @@ function renderRounds(state, l) {
     el("td", {}, r.accepted), el("td", {}, r.rejected), el("td", {}, r.pending))));
 }
 
-// A plot of series of (x, y) points, y in 0..1, on a fixed frame; null y breaks a line.
-function drawPlot(svg, { series, xs, threshold, yLabel, xLabel, yFormat, yTick, pointClass }) {
+// A plot of series of (x, y) points, y in 0..yMax, on a fixed frame; null y breaks a line.
+function drawPlot(svg, { series, xs, threshold, yLabel, xLabel, yFormat, yTick, pointClass,
+  yMax = 1 }) {
   const box = svg.viewBox.baseVal;
   const pad = { left: 44, right: 12, top: 10, bottom: 34 };
   const w = box.width - pad.left - pad.right;
@@ -166,9 +167,9 @@ function drawPlot(svg, { series, xs, threshold, yLabel, xLabel, yFormat, yTick, 
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
   const x = (v) => pad.left + (hi === lo ? w / 2 : ((v - lo) / (hi - lo)) * w);
-  const y = (v) => pad.top + (1 - v) * h;
+  const y = (v) => pad.top + (1 - v / yMax) * h;
   const parts = [];
-  for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
+  for (const tick of [0, 0.25, 0.5, 0.75, 1].map((t) => t * yMax)) {
     parts.push(svgEl("line", { class: "grid", x1: pad.left, x2: pad.left + w,
       y1: y(tick), y2: y(tick) }));
     parts.push(svgEl("text", { class: "tick", x: pad.left - 6, y: y(tick) + 4,
@@ -207,25 +208,49 @@ function drawPlot(svg, { series, xs, threshold, yLabel, xLabel, yFormat, yTick, 
   svg.replaceChildren(...parts);
 }
 
-function renderAccuracy() {
-  const points = (evaluations?.versions || [])
-    .filter((e) => Number.isFinite(e.accuracy)).slice(-100);
-  const svg = $("accuracy-plot");
-  $("accuracy-empty").hidden = points.length > 0;
-  $("accuracy-empty").textContent = evaluationsStatus;
+// The task's own metrics, by the names the validator gives them (accuracy for
+// classification; mae and rmse for regression); the loss for a task with no other.
+function taskMetrics(versions) {
+  const names = [...new Set(versions.flatMap((e) => Object.keys(e)))]
+    .filter((name) => name !== "version" && name !== "loss");
+  return names.length ? names : ["loss"];
+}
+
+// A round-looking upper bound of a plot's y axis: 1, 2 or 5 times a power of ten.
+function niceCeiling(v) {
+  if (!(v > 0)) return 1;
+  const power = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * power).find((c) => c >= v);
+}
+
+function renderMetrics() {
+  const versions = (evaluations?.versions || []).slice(-100);
+  const names = taskMetrics(versions);
+  const points = versions.filter((e) => names.some((name) => Number.isFinite(e[name])));
+  const svg = $("metrics-plot");
+  text("metrics-title", `Test ${names.join(" and ")} per model version`);
+  $("metrics-empty").hidden = points.length > 0;
+  $("metrics-empty").textContent = evaluationsStatus;
   svg.hidden = points.length === 0;
   if (!points.length) {
-    text("accuracy-latest", "");
+    text("metrics-latest", "");
     return;
   }
+  const fractions = names.every((name) => name === "accuracy");
+  const format = fractions ? (v) => pct(v, 1) : (v) => v.toPrecision(4);
   const last = points[points.length - 1];
-  text("accuracy-latest", `version ${last.version}: ${pct(last.accuracy, 2)} on the ` +
+  const shown = names.filter((name) => Number.isFinite(last[name]))
+    .map((name) => `${name} ${format(last[name])}`);
+  text("metrics-latest", `version ${last.version}: ${shown.join(", ")} on the ` +
     `${evaluations.split} split` + (last.loss === null ? "" : `, loss ${last.loss.toFixed(3)}`));
+  const highest = Math.max(...points.flatMap((e) => names.map((name) => e[name]))
+    .filter(Number.isFinite));
   drawPlot(svg, {
-    series: [{ name: "accuracy", color: COLORS[0],
-      points: points.map((e) => [e.version, e.accuracy]) }],
-    xs: points.map((e) => e.version), yLabel: "accuracy", xLabel: "version",
-    yFormat: (v) => pct(v, 1), yTick: (v) => pct(v, 0), pointClass: "point accuracy",
+    series: names.map((name, i) => ({ name, color: COLORS[i % COLORS.length],
+      points: points.map((e) => [e.version, Number.isFinite(e[name]) ? e[name] : null]) })),
+    xs: points.map((e) => e.version), yLabel: names.join(", "), xLabel: "version",
+    yFormat: format, yTick: fractions ? (v) => pct(v, 0) : (v) => String(+v.toPrecision(2)),
+    pointClass: "point metric", yMax: fractions ? 1 : niceCeiling(highest),
   });
 }
 
@@ -285,7 +310,7 @@ async function tick() {
       renderRounds(state, l);
       renderTrainers(l);
       await refreshEvaluations(l.version);
-      renderAccuracy();
+      renderMetrics();
     }
     const live = $("live");
     live.className = "live up";

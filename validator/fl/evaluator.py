@@ -366,7 +366,7 @@ class _Worker:
 
     def __init__(self, settings: EvaluatorSettings) -> None:
         from flobc.ml.data import load_dataset, split, validator_shard
-        from flobc.ml.learner import learner_for, shard_scorer
+        from flobc.ml.learner import ShardScorer, learner_for
         from flobc.ml.weights import spec
 
         self.settings = settings
@@ -378,11 +378,11 @@ class _Worker:
         parts = split(dataset, seed=settings.seed)
         self.data = validator_shard(parts.validator_holdout, settings.shard_index,
                                     settings.shard_count)
-        self.shard_score = shard_scorer(self.learner, self.data.x, self.data.y)
-        self.test_score = shard_scorer(self.learner, parts.test.x, parts.test.y)
+        self.shard_score = ShardScorer(self.learner, self.data)
+        self.test_score = ShardScorer(self.learner, parts.test)
         self.blobs: OrderedDict[bytes, bytes] = OrderedDict()
         self.cached_bytes = 0
-        self._base: tuple[bytes, Any] | None = None
+        self.kept_base: tuple[bytes, Any] | None = None
         """The last judged base's hash and its scores: a round's votes share one base."""
 
     def describe(self) -> str:
@@ -457,15 +457,8 @@ class _Worker:
         """The loss and the task's metrics of a model on the test split."""
         return {k: float(v) for k, v in self.test_score(self._decode(weights_blob)).items()}
 
-    def _scorer(self, base_hash: bytes, base: list[Any]) -> Callable[[Sequence[Any]], Any]:
-        """The shard's scorer, with the base's scores kept across requests."""
-        def score(weights: Sequence[Any]) -> Any:
-            if weights is not base:
-                return self.shard_score(weights)
-            if self._base is None or self._base[0] != base_hash:
-                self._base = (base_hash, self.shard_score(base))
-            return self._base[1]
-        return score
+    def _scorer(self, base_hash: bytes, base: list[Any]) -> _BaseKept:
+        return _BaseKept(self, base_hash, base)
 
     def _weights(self, digest: bytes) -> list[Any]:
         self.blobs.move_to_end(digest)
@@ -476,6 +469,23 @@ class _Worker:
 
         return decode_weights(blob, max_bytes=self.settings.max_blob_bytes,
                               max_tensors=len(self.spec), expected=self.spec)
+
+
+class _BaseKept:
+    """The shard's scorer, with the base's scores kept across requests (a round's
+    votes share one base)."""
+
+    def __init__(self, worker: _Worker, base_hash: bytes, base: list[Any]) -> None:
+        self.worker, self.base_hash, self.base = worker, base_hash, base
+        self.chance = worker.shard_score.chance
+
+    def __call__(self, weights: Sequence[Any], /) -> Any:
+        w = self.worker
+        if weights is not self.base:
+            return w.shard_score(weights)
+        if w.kept_base is None or w.kept_base[0] != self.base_hash:
+            w.kept_base = (self.base_hash, w.shard_score(self.base))
+        return w.kept_base[1]
 
 
 def _rule(table: Any) -> ValidationRule:

@@ -115,6 +115,13 @@ class LearningCollector(Collector):
         for verdict, count in sorted(voter.votes_cast.items()):
             votes.add_metric([verdict], count)
         yield votes
+        yield CounterMetricFamily(
+            "flobc_fl_updates_judged", "Updates this validator's evaluator worker judged "
+            "since it started.", voter.updates_judged)
+        yield CounterMetricFamily(
+            "flobc_fl_judge_seconds", "Wall time this validator's evaluator worker spent "
+            "judging updates since it started (over flobc_fl_updates_judged_total: the "
+            "vote's cost per update).", voter.judge_seconds)
         scores = voter.test_scores()
         if not scores:
             return

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -115,6 +116,9 @@ class Voter:
         self.votes_cast = {"accept": 0, "reject": 0}
         """Votes signed and admitted to the mempool since the start, by verdict."""
         self.evaluation_failures = 0
+        self.updates_judged = 0
+        self.judge_seconds = 0.0
+        """Wall time the worker spent judging ``updates_judged`` updates (the vote's cost)."""
         """Updates and versions this validator could not evaluate since the start: each is
         a vote it never casts."""
 
@@ -225,9 +229,12 @@ class Voter:
                     for j in batch.candidates]
             blobs = {d: blob for d in {*hashes.values(), *(j.blob for j in batch.candidates)}
                      if (blob := state.blob(d)) is not None}
+            started = time.perf_counter()
             verdicts = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._evaluator.judge, self._rule, hashes[batch.base], refs,
                 [j.trainer for j in todo], blobs.get)
+            self.judge_seconds += time.perf_counter() - started
+            self.updates_judged += len(todo)
         except EvaluatorError as exc:
             for job in todo:
                 log.error("no vote on trainer %s round %d: evaluation failed: %s",

@@ -32,7 +32,7 @@ import numpy as np
 
 from flobc.crypto import PrivateKey, sha256
 from flobc.ml.data import Dataset, load_dataset, split, validator_shard
-from flobc.ml.learner import Learner, learner_for, shard_scorer
+from flobc.ml.learner import Learner, ShardScorer, learner_for
 from flobc.ml.models import initial_weights
 from flobc.ml.partition import parse_partition
 from flobc.ml.weights import all_finite, encode_weights
@@ -138,8 +138,7 @@ class Workbench:
         return self._scores[digest]
 
     def scorer(self, validator: int) -> Scorer:
-        shard = self.shards[validator]
-        return shard_scorer(self.learner, shard.x, shard.y)
+        return ShardScorer(self.learner, self.shards[validator])
 
 
 @dataclass
