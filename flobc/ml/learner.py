@@ -10,6 +10,7 @@ promised to be bit-exact: only aggregation, done in numpy, has to be.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -139,11 +140,13 @@ def _single_thread(model: str) -> None:
     """One TensorFlow thread for a model that uses it; it must be set before TensorFlow
     runs anything, so before the model is built, and a builder's module is imported
     first to tell: a PyTorch-only module never imports TensorFlow, which takes seconds
-    (and its module is held to one thread once built)."""
+    (and its module is held to one thread once built). A builder that imports Keras
+    only when called finds TensorFlow's thread settings in its environment."""
     from flobc.ml.models import MODELS, model_builder
 
     model_builder(model)
     if model not in MODELS and not {"keras", "tensorflow"} & set(sys.modules):
+        os.environ["TF_NUM_INTEROP_THREADS"] = os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
         return
     import tensorflow as tf
 
