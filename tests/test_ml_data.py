@@ -125,7 +125,8 @@ def test_load_local_file(tmp_path: Path) -> None:
     ({"x": np.full((1, 4), 1e39), "y": np.array([1])}, "features must be finite"),
     ({"x": np.zeros((1, 4)), "y": np.array([np.inf])}, "targets must be finite"),
     ({"x": np.zeros((1, 4), np.complex64), "y": np.array([1])}, "must be numbers"),
-    ({"x": np.zeros((1, 4)), "y": np.array(["a"])}, "must be numbers, got <U1"),
+    ({"x": np.zeros((1, 4)), "y": np.array(["a"])},
+     "targets must be numbers, got <U1 (integer class labels"),
     ({"x": np.array([None] * 784).reshape(1, 28, 28), "y": np.array([1])}, "pickle"),
 ])
 def test_bad_npz_files_are_refused_naming_the_problem(
@@ -143,8 +144,8 @@ def test_bad_npz_files_are_refused_naming_the_problem(
     ("a,a,target\n1,1,2\n", {}, "names a column twice"),
     ("target\n1\n", {}, "no feature columns besides 'target'"),
     ("a,target\n1,2,3\n", {}, "line 2 has 3 fields, the header 2"),
-    ("a,target\n1,x\n", {}, "line 2 has a value that is not a number"),
-    ("a,target\nnan,1\n", {}, "NaN or infinite"),
+    ("a,target\n1,x\n", {}, "line 2, column 'target': 'x' is not a number"),
+    ("a,target\n1,2\ninf,1\n", {}, "line 3, column 'a' is NaN or infinite ('inf')"),
     ("a,target\n1,0.5\n", {"task": "classification"}, "non-integer value"),
     ("a,target\n1,2\n", {"task": "ranking"}, "task must be classification"),
 ])

@@ -5,6 +5,8 @@ objective, their weights plain numpy arrays, and saved as a state_dict file that
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,8 @@ import pytest
 import torch
 
 from flobc.ml.data import load_dataset, split
-from flobc.ml.dataset import Task
 from flobc.ml.learner import learner_for
-from flobc.ml.models import ModelError, initial_weights
+from flobc.ml.models import initial_weights
 from flobc.ml.torch_learner import TorchLearner
 
 BUILDERS = '''
@@ -32,19 +33,16 @@ def tabular(seed):
 def regressor(seed):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-
-
-def unseeded(seed):
-    return torch.nn.Linear(30, 2)
 '''
 
 
 @pytest.fixture(scope="module", autouse=True)
-def builders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def builders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of the builders' module, put on this process's path."""
     folder = tmp_path_factory.mktemp("torch_builders")
     (folder / "flobc_torch_builders.py").write_text(BUILDERS)
     sys.path.insert(0, str(folder))
-    yield
+    yield folder
     sys.path.remove(str(folder))
     sys.modules.pop("flobc_torch_builders", None)
 
@@ -81,16 +79,6 @@ def test_weights_are_numpy_arrays_that_round_trip_and_are_seeded() -> None:
     learner.set_weights(first)
     assert all(np.array_equal(a, b) for a, b in zip(learner.get_weights(), first,
                                                    strict=True))
-    with pytest.raises(ModelError, match="not deterministic"):
-        initial_weights("flobc_torch_builders:unseeded", 0, task)
-
-
-def test_a_module_that_does_not_fit_the_dataset_is_refused() -> None:
-    with pytest.raises(ModelError, match=r"maps a batch of 2 x \(30,\) to \(2, 2\); for "
-                                         r"this dataset \(regression\) it must give \(2, 1\)"):
-        learner_for("flobc_torch_builders:tabular", 0, task=Task("regression", (30,), 1))
-    with pytest.raises(ModelError, match=r"cannot take a batch of \(64,\) features"):
-        learner_for("flobc_torch_builders:tabular", 0, task=Task("classification", (64,), 2))
 
 
 def test_the_saved_file_loads_back_into_the_builders_module(tmp_path: Path) -> None:
@@ -111,3 +99,32 @@ def test_the_saved_file_loads_back_into_the_builders_module(tmp_path: Path) -> N
     expected = -np.log(probs[np.arange(50), data.y[:50]]).mean()
     assert learner.evaluate(data.x[:50], data.y[:50])["loss"] == pytest.approx(expected,
                                                                              rel=1e-5)
+
+
+WORKER = '''
+import sys
+
+from flobc.ml.data import load_dataset, split
+from flobc.ml.learner import learner_for
+
+data = load_dataset("breast_cancer")
+test = split(data, seed=0).test
+learner_for(sys.argv[1], 0, task=data.spec, single_thread=True).evaluate(test.x, test.y)
+print(sorted({"torch", "tensorflow"} & set(sys.modules)))
+'''
+
+
+@pytest.mark.parametrize(("builder", "frameworks"), [
+    ("flobc_torch_builders:tabular", "['torch']"),
+    ("breast_cancer_mlp", "['tensorflow']"),
+])
+def test_a_single_thread_worker_imports_only_its_models_framework(
+        builders: Path, builder: str, frameworks: str) -> None:
+    """An evaluator worker of a PyTorch model never loads TensorFlow (seconds of start-up
+    in each of a cluster's workers), nor one of a Keras model PyTorch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(builders), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", WORKER, builder],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == frameworks

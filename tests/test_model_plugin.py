@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from flobc.ml.dataset import Task
 from flobc.ml.models import (
     LEARNING_RATE,
     MNIST_TASK,
@@ -19,7 +20,6 @@ from flobc.ml.models import (
     build_model,
     check_importable,
     initial_weights,
-    model_builder,
 )
 
 BUILDERS = '''
@@ -50,21 +50,52 @@ def unbuilt(seed):
 def not_a_model(seed):
     return "a model"
 
+def no_seed():
+    return build(0)
+
 not_callable = 3
 '''
+
+TORCH_BUILDERS = '''
+import torch
+
+def unseeded(seed):
+    return torch.nn.Linear(30, 2)
+
+def no_weights(seed):
+    return torch.nn.ReLU()
+
+class Pair(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(30, 2)
+
+    def forward(self, x):
+        return self.linear(x), x
+
+def pair(seed):
+    torch.manual_seed(seed)
+    return Pair()
+'''
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Modules ``flobc_test_plugins`` (builders) and ``flobc_test_broken`` (fails on
-    import) on the path, as PYTHONPATH would put them."""
+    """Modules ``flobc_test_plugins`` (Keras builders), ``flobc_test_torch_plugins``
+    (PyTorch ones), ``flobc_test_broken`` (fails on import) and the PyTorch example's
+    ``breast_cancer_torch`` on the path, as PYTHONPATH would put them."""
     folder = tmp_path_factory.mktemp("plugins")
     (folder / "flobc_test_plugins.py").write_text(BUILDERS)
+    (folder / "flobc_test_torch_plugins.py").write_text(TORCH_BUILDERS)
     (folder / "flobc_test_broken.py").write_text('raise RuntimeError("needs a GPU")\n')
-    sys.path.insert(0, str(folder))
+    paths = [str(folder), str(EXAMPLES / "pytorch")]
+    sys.path[:0] = paths
     yield
-    sys.path.remove(str(folder))
-    for name in ("flobc_test_plugins", "flobc_test_broken"):
+    for path in paths:
+        sys.path.remove(path)
+    for name in ("flobc_test_plugins", "flobc_test_torch_plugins", "flobc_test_broken",
+                 "breast_cancer_torch"):
         sys.modules.pop(name, None)
 
 
@@ -85,39 +116,60 @@ def test_a_builders_own_compile_is_replaced() -> None:
     assert model.loss == "sparse_categorical_crossentropy"
 
 
-def test_unseeded_initial_weights_are_refused() -> None:
-    with pytest.raises(ModelError, match="'flobc_test_plugins:unseeded' is not deterministic: "
-                                         "two builds with seed 0 gave different weights"):
-        initial_weights("flobc_test_plugins:unseeded", 0)
+TABULAR = Task("classification", (30,), 2)
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("flobc_test_plugins:three_classes",
+@pytest.mark.parametrize(("name", "task", "message"), [
+    # names that build nothing
+    ("resnet", None, "unknown model 'resnet'; known models: breast_cancer_mlp, diabetes_mlp, "
+     "digits_mlp, mnist_cnn, mnist_mlp, or a builder named package.module:function"),
+    ("flobc_test_missing:build", None,
+     r"cannot import module 'flobc_test_missing' \(No module named 'flobc_test_missing'\); "
+     r"every validator and trainer needs it on its path"),
+    ("flobc_test_missing.sub:build", None, "cannot import module 'flobc_test_missing.sub'"),
+    ("flobc_test_broken:build", None,
+     "importing module 'flobc_test_broken' failed: RuntimeError: needs a GPU"),
+    ("flobc_test_plugins:nope", None, "module 'flobc_test_plugins' has no function 'nope'"),
+    ("flobc_test_plugins:not_callable", None,
+     "flobc_test_plugins.not_callable is int, not a function"),
+    ("flobc_test_plugins:no_seed", None,
+     r"the builder failed when called with seed 0: TypeError: .*no_seed\(\) takes 0 "
+     r"positional arguments but 1 was given"),
+    ("flobc_test_plugins:not_a_model", None,
+     "the builder returned str, not a keras.Model or a torch.nn.Module"),
+    # Keras models that do not fit the dataset, or are not seeded
+    ("flobc_test_plugins:three_classes", MNIST_TASK,
      r"maps \(None, 28, 28, 1\) to \(None, 3\); for this dataset \(classification\) it "
      r"must map \(None, 28, 28, 1\) features to \(None, 10\) class probabilities"),
-    ("flobc_test_plugins:unbuilt", r"has no weights; start it with keras.Input\(\(28, 28, 1\)\)"),
-    ("flobc_test_plugins:not_a_model", "the builder returned str, not a keras.Model"),
+    ("mnist_cnn", Task("classification", (64,), 10),
+     r"maps \(None, 28, 28, 1\) to \(None, 10\); for this dataset \(classification\) it "
+     r"must map \(None, 64\) features"),
+    ("breast_cancer_mlp", Task("regression", (30,), 1),
+     r"it must map \(None, 30\) features to \(None, 1\) target values"),
+    ("flobc_test_plugins:unbuilt", MNIST_TASK,
+     r"has no weights; start it with keras.Input\(\(28, 28, 1\)\)"),
+    ("flobc_test_plugins:unseeded", MNIST_TASK,
+     "'flobc_test_plugins:unseeded' is not deterministic: two builds with seed 0 gave "
+     "different weights"),
+    # PyTorch modules likewise
+    ("breast_cancer_torch:build", Task("classification", (64,), 2),
+     r"cannot take a batch of \(64,\) features: RuntimeError: mat1 and mat2 shapes"),
+    ("breast_cancer_torch:build", Task("regression", (30,), 1),
+     r"maps a batch of 2 x \(30,\) to \(2, 2\); for this dataset \(regression\) it must "
+     r"give \(2, 1\) target values"),
+    ("flobc_test_torch_plugins:pair", TABULAR, "returns tuple, not a tensor of class "
+                                               "probabilities"),
+    ("flobc_test_torch_plugins:no_weights", TABULAR, "has no weights"),
+    ("flobc_test_torch_plugins:unseeded", TABULAR,
+     "'flobc_test_torch_plugins:unseeded' is not deterministic"),
 ])
-def test_a_model_that_does_not_fit_the_data_is_refused(name: str, message: str) -> None:
+def test_a_bad_model_is_refused_naming_the_problem(name: str, task: Task | None,
+                                                   message: str) -> None:
+    """Every way a model name or builder can fail the rules, in the one call that every
+    process makes first (``testnet init``, trainers, evaluators: the version-0 weights);
+    the bad dataset files are in tests/test_ml_data.py."""
     with pytest.raises(ModelError, match=message):
-        build_model(name, 0, MNIST_TASK)
-
-
-@pytest.mark.parametrize(("name", "message"), [
-    ("flobc_test_missing:build", r"cannot import module 'flobc_test_missing' \(No module "
-                                 r"named 'flobc_test_missing'\); every validator and trainer "
-                                 r"needs it on its path"),
-    ("flobc_test_missing.sub:build", "cannot import module 'flobc_test_missing.sub'"),
-    ("flobc_test_broken:build",
-     "importing module 'flobc_test_broken' failed: RuntimeError: needs a GPU"),
-    ("flobc_test_plugins:nope", "module 'flobc_test_plugins' has no function 'nope'"),
-    ("flobc_test_plugins:not_callable", "has no function 'not_callable'"),
-    ("resnet", "unknown model 'resnet'; known models: breast_cancer_mlp, diabetes_mlp, "
-     "digits_mlp, mnist_cnn, mnist_mlp, or a builder"),
-])
-def test_a_name_that_builds_nothing_is_named(name: str, message: str) -> None:
-    with pytest.raises(ModelError, match=message):
-        model_builder(name)
+        initial_weights(name, 0, task)
 
 
 def test_import_errors_come_before_tensorflow(tmp_path: Path) -> None:

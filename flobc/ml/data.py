@@ -2,7 +2,8 @@
 trains on and every validator votes on the same task.
 
 A source is one class in ``DATASETS``: the offline ones are in ``flobc.ml.sources``,
-the ones that download in ``flobc.ml.downloads``; ``needs_file`` sources read each
+the ones that download in ``flobc.ml.downloads``, Hugging Face datasets in
+``flobc.ml.huggingface``; ``needs_file`` sources read each
 node's own copy of a file (``dataset_file``). The dataset type and the split into
 roles are in ``flobc.ml.dataset``; this module gathers them for the rest of flobc.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from flobc.ml import downloads, sources
+from flobc.ml import downloads, huggingface, sources
 from flobc.ml.dataset import (
     DATASETS,
     Dataset,
@@ -27,7 +28,8 @@ from flobc.ml.dataset import (
 from flobc.registry import UnknownChoice
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetSource", "Splits", "downloads",
-           "dataset_source", "load_dataset", "sources", "split", "split_indices", "validator_shard"]
+           "dataset_source", "huggingface", "load_dataset", "sources", "split", "split_indices",
+           "validator_shard"]
 
 
 def dataset_source(name: str, options: Mapping[str, Any] | None = None) -> DatasetSource:

@@ -148,6 +148,9 @@ def from_arrays(x: Any, y: Any, source: str, *, task: str | None = None,
     if len(y) != len(x):
         raise DatasetError(f"{source}: {len(x)} samples but {len(y)} targets")
     features = _features(x, source)
+    if task is None and not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise DatasetError(f"{source}: targets must be numbers, got {y.dtype} (integer "
+                           f"class labels, or float values to regress)")
     if task is None:
         task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
     if task == "classification":

@@ -37,8 +37,11 @@ def import_function(name: str, what: str, error: type[Exception]) -> Callable[..
         raise error(f"{what}: importing module {module_name!r} failed: "
                     f"{type(exc).__name__}: {exc}") from exc
     found = getattr(module, function, None)
-    if not callable(found):
+    if found is None:
         raise error(f"{what}: module {module_name!r} has no function {function!r}")
+    if not callable(found):
+        raise error(f"{what}: {module_name}.{function} is {type(found).__name__}, not a "
+                    "function")
     return found
 
 

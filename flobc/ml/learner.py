@@ -10,6 +10,8 @@ promised to be bit-exact: only aggregation, done in numpy, has to be.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -139,10 +141,18 @@ class ShardScorer:
         return metrics
 
 
-def _single_thread() -> None:
-    """One TensorFlow thread; it must be set before TensorFlow runs anything, so before
-    the model is built. PyTorch, which takes seconds to import, is only imported by a
-    builder that uses it, and is held to one thread once the module is built."""
+def _single_thread(model: str) -> None:
+    """One TensorFlow thread for a model that uses it; it must be set before TensorFlow
+    runs anything, so before the model is built, and a builder's module is imported
+    first to tell: a PyTorch-only module never imports TensorFlow, which takes seconds
+    (and its module is held to one thread once built). A builder that imports Keras
+    only when called finds TensorFlow's thread settings in its environment."""
+    from flobc.ml.models import MODELS, model_builder
+
+    model_builder(model)
+    if model not in MODELS and not {"keras", "tensorflow"} & set(sys.modules):
+        os.environ["TF_NUM_INTEROP_THREADS"] = os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+        return
     import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -154,10 +164,10 @@ def learner_for(model: str, seed: int, *, task: Task | None = None,
     """The learner for a genesis model (a zoo name or a builder), its version-0 weights
     drawn from ``seed``, checked against and trained for the dataset's ``task`` (None:
     the zoo model's own task, or an unchecked classifier). Imports TensorFlow, so only
-    processes that train or evaluate call it; ``single_thread`` keeps TensorFlow to one
-    thread (a worker beside consensus)."""
+    processes that train or evaluate call it; ``single_thread`` keeps the model's
+    framework to one thread (a worker beside consensus)."""
     if single_thread:
-        _single_thread()
+        _single_thread(model)
     from flobc.ml.models import build_model, is_torch_module, model_task
 
     task = task or model_task(model)

@@ -165,7 +165,12 @@ def build_model(name: str, seed: int, task: Task | None = None) -> Any:
     a classifier, unchecked): a Keras model compiled with the task's loss, or a
     PyTorch module as the builder made it (flobc.ml.torch_learner trains it)."""
     task = task or model_task(name)
-    model = model_builder(name)(seed)
+    builder = model_builder(name)
+    try:
+        model = builder(seed)
+    except Exception as exc:  # the builder's own code: name it, not a traceback
+        raise ModelError(f"model {name!r}: the builder failed when called with seed "
+                         f"{seed}: {type(exc).__name__}: {exc}") from exc
     if is_torch_module(model):
         _check_module(name, model, task)
         return model
@@ -224,6 +229,9 @@ def _check_module(name: str, module: Any, task: Task | None) -> None:
     except Exception as exc:  # the module's own code: any error means it does not fit
         raise ModelError(f"model {name!r} cannot take a batch of {task.sample_shape} "
                          f"features: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model {name!r} returns {type(out).__name__}, not a tensor of "
+                         f"{_OUTPUTS[task.kind]}")
     if tuple(out.shape) != (2, task.outputs):
         raise ModelError(f"model {name!r} maps a batch of 2 x {task.sample_shape} to "
                          f"{tuple(out.shape)}; for this dataset ({task.kind}) it must give "

@@ -113,7 +113,7 @@ class CsvFile(DatasetSource):
             raise DatasetError(f"{path}: empty file (a header row is needed)")
         header, body = rows[0], [r for r in rows[1:] if r]
         columns = self._columns(header, path)
-        table = self._numbers(body, len(header), path)
+        table = self._numbers(body, header, path)
         x = table[:, [header.index(c) for c in columns]]
         y = table[:, header.index(self.target)]
         task = self.task
@@ -142,19 +142,23 @@ class CsvFile(DatasetSource):
         return columns
 
     @staticmethod
-    def _numbers(body: list[list[str]], width: int, path: str) -> np.ndarray:
-        table = np.empty((len(body), width), dtype=np.float64)
+    def _numbers(body: list[list[str]], header: list[str], path: str) -> np.ndarray:
+        """The table as floats, or the first line and column that is not a finite
+        number."""
+        table = np.empty((len(body), len(header)), dtype=np.float64)
         for line, row in enumerate(body, start=2):
-            if len(row) != width:
+            if len(row) != len(header):
                 raise DatasetError(f"{path}: line {line} has {len(row)} fields, the "
-                                   f"header {width}")
-            try:
-                table[line - 2] = [float(v) for v in row]
-            except ValueError:
-                raise DatasetError(f"{path}: line {line} has a value that is not a "
-                                   f"number") from None
-        if not np.isfinite(table).all():
-            raise DatasetError(f"{path}: a value is NaN or infinite")
+                                   f"header {len(header)}")
+            for column, value in enumerate(row):
+                try:
+                    table[line - 2, column] = number = float(value)
+                except ValueError:
+                    raise DatasetError(f"{path}: line {line}, column {header[column]!r}: "
+                                       f"{value[:40]!r} is not a number") from None
+                if not np.isfinite(number):
+                    raise DatasetError(f"{path}: line {line}, column {header[column]!r} "
+                                       f"is NaN or infinite ({value[:40]!r})")
         return table
 
 
