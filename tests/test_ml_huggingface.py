@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import datasets
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from flobc.ml.data import DatasetError, load_dataset, split
+from flobc.protocol.settings import FLConfig
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +79,17 @@ def test_text_labels_are_refused_as_targets_that_are_not_numbers(tmp_path: Path)
     (tmp_path / "t.csv").write_text("a,label\n1,yes\n2,no\n")
     with pytest.raises(DatasetError, match="targets must be numbers, got <U3"):
         load_dataset("huggingface", repo="csv", data_files=(str(tmp_path / "t.csv"),))
+
+
+def test_genesis_names_a_hugging_face_dataset_with_its_options(table: str,
+                                                               tmp_path: Path) -> None:
+    """``[app.dataset]`` in a real genesis file: what every node loads."""
+    text = ('[app]\nmodel_v0_hash = "' + "00" * 32 + '"\nadmission = "open"\n'
+            '[app.dataset]\nname = "huggingface"\nrepo = "csv"\n'
+            f'data_files = ["{table}"]\nfeatures = ["age", "weight"]\n')
+    config = FLConfig.from_app(tomllib.loads(text)["app"])
+    assert config.dataset == "huggingface"
+    ds = load_dataset(config.dataset, None, **config.dataset_options)
+    direct = load_dataset("huggingface", repo="csv", data_files=(table,),
+                          features=("age", "weight"))
+    assert np.array_equal(ds.x, direct.x) and np.array_equal(ds.y, direct.y)
