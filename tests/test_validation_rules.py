@@ -232,3 +232,19 @@ def test_the_influence_tolerance_is_per_unit_of_weight_in_the_round() -> None:
                                                     Scores(quadratic))
     assert {t for t, v in verdicts.items() if v.accept} == {
         t for t, v in per_weight.items() if v <= tolerance}
+
+
+def test_a_step_as_long_as_its_samples_make_it_is_within_the_norm_bound() -> None:
+    """Many samples, many SGD steps, a long delta: within the bound per sample. The same
+    length from a trainer of ordinary size is over both bounds."""
+    unit = np.ones(4) / 2.0  # norm 1
+    ordinary = [Candidate(bytes([i]) * 32, [unit * (1 + i / 10)], 100) for i in range(6)]
+    big = Candidate(b"B" * 32, [unit * 10], 1000)
+    boosted = Candidate(b"X" * 32, [unit * 10], 100)
+    candidates = [*ordinary, big, boosted]
+    rule = Influence(tolerance=1e9)  # only the norm bound decides
+    verdicts = rule.judge([np.zeros(4)], candidates, everyone(candidates),
+                          Scores(lambda w: {"loss": float(np.square(w[0] - 1).sum())}))
+    assert verdicts[big.trainer].accept
+    assert not verdicts[boosted.trainer].accept
+    assert all(verdicts[c.trainer].accept for c in ordinary)
