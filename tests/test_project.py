@@ -76,7 +76,7 @@ def test_a_loader_returns_arrays_or_a_dataset(loaders: str) -> None:
     ("with_nan", "flobc_test_loaders:with_nan'?: features must be finite"),
     ("short", "3 samples but 2 targets"),
     ("nope", "module 'flobc_test_loaders' has no function 'nope'"),
-    ("not_a_function", "has no function 'not_a_function'"),
+    ("not_a_function", "flobc_test_loaders.not_a_function is int, not a function"),
 ])
 def test_a_bad_loader_is_named(loaders: str, function: str, reason: str) -> None:
     with pytest.raises(DatasetError, match=reason):
