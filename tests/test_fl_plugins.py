@@ -16,7 +16,7 @@ from flobc.launch.cli import build_parser
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator, Contribution, Shares, Weights
 from flobc.protocol.settings import FLConfig
 from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme, SyncSettings
-from flobc.protocol.validation import VALIDATION_RULES, Evaluation, ValidationRule
+from flobc.protocol.validation import VALIDATION_RULES, ChanceBound, Evaluation, ValidationRule
 from flobc.trainer.byzantine import BEHAVIOURS, Behaviour, RoundView, make_behaviour
 from flobc.trainer.update import LocalUpdate
 
@@ -112,7 +112,7 @@ def test_a_registered_validation_rule_is_selected_by_genesis(loss_floor: None) -
     config = FLConfig.from_app(app)
     assert config.validation == LossFloor(3.0)
     assert FLConfig.from_app(config.to_app_dict()) == config
-    chance_bound = FLConfig(config.model_v0_hash, admission="open").validation
+    chance_bound = ChanceBound()
     worse = Evaluation(base_loss=1.0, base_accuracy=0.9, new_loss=2.5, new_accuracy=0.5,
                        chance_loss=2.3, chance_accuracy=0.1)
     assert config.validation.decide(worse) == (True, 7)

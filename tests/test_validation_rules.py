@@ -188,11 +188,10 @@ def test_a_non_finite_model_is_rejected_with_the_worst_score(rounds: list[Round]
     assert [(x.accept, x.score_milli) for x in v.values()] == [(False, SCORE_RANGE[0])]
 
 
-def test_influence_is_registered_with_its_settings_and_not_the_default() -> None:
+def test_influence_is_registered_with_its_settings_and_is_the_default() -> None:
     assert VALIDATION_RULES.get("influence") is Influence and Influence.round_wise
     assert not ChanceBound.round_wise
-    assert isinstance(FLConfig(model_v0_hash=bytes(32), admission="open").validation,
-                      ChanceBound)
+    assert FLConfig(model_v0_hash=bytes(32), admission="open").validation == Influence()
     app = {"model_v0_hash": "00" * 32, "admission": "open",
            "validation": {"name": "influence", "tolerance": 0.1, "wait_fraction": 0.25}}
     config = FLConfig.from_app(app)

@@ -817,8 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_experiment(commands: argparse._SubParsersAction) -> None:
-    from flobc.launch.experiment.grid import Grid
-    from flobc.protocol.validation import VALIDATION_RULES
+    from flobc.launch.experiment.grid import DEFAULT_VOTE, NO_VOTE, Grid
 
     defaults = Grid()
     attacks = ", ".join(n for n in BEHAVIOURS if n != "honest")
@@ -861,7 +860,7 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
                             "(every validator accepts: plain aggregation) or "
                             f"{', '.join(VALIDATION_RULES)}; the aggregator one of "
                             f"{', '.join(AGGREGATORS)} (default: fedavg). "
-                            "Default: none,chance_bound")
+                            f"Default: {NO_VOTE},{DEFAULT_VOTE}")
     experiment.add_argument("--docs", type=Path, metavar="DIR",
                             help="write DIR/NAME.md (a results table) and DIR/NAME/*.png")
     experiment.add_argument("--name", default="experiment",

@@ -21,7 +21,7 @@ from flobc.ml.models import MODELS, is_model_name
 from flobc.protocol.aggregation import AGGREGATORS, Aggregator
 from flobc.protocol.reputation import MICRO
 from flobc.protocol.sync import SYNC_SCHEMES, SyncScheme
-from flobc.protocol.validation import VALIDATION_RULES, ChanceBound, ValidationRule
+from flobc.protocol.validation import VALIDATION_RULES, Influence, ValidationRule
 from flobc.registry import Registry, UnknownChoice
 
 ADMISSIONS = ("allowlist", "open")
@@ -67,7 +67,7 @@ class FLConfig:
     trust_threshold: int = 100_000
     max_update_norm: float = 1000.0
     max_blob_bytes: int = 4 * 1024 * 1024
-    validation: ValidationRule = ChanceBound()
+    validation: ValidationRule = Influence()
     """How validators judge an update; ``[app.validation]`` in genesis."""
 
     def __post_init__(self) -> None:

@@ -28,6 +28,8 @@ from flobc.trainer.byzantine import BEHAVIOURS
 NO_VOTE = "none"
 """The defence's vote when there is none: every validator votes accept on every update,
 so the chain still counts votes, moves trust and aggregates, but rejects nothing."""
+DEFAULT_VOTE = VALIDATION_RULES.name_of(type(FLConfig.validation))
+"""The genesis default rule: with ``none``, the defences of a grid that names none."""
 CLEAN = "none"
 """The attack of the clean run: every trainer honest."""
 VALIDATORS = 4
@@ -283,7 +285,7 @@ def make_grid(file: Path | None = None, **flags: Any) -> Grid:
         values[key] = _axis(key, value) if key in LISTS else value
     grid = Grid(**values)
     if not grid.defences:
-        grid = replace(grid, defences=(parse_defence(NO_VOTE), parse_defence("chance_bound")))
+        grid = replace(grid, defences=(parse_defence(NO_VOTE), parse_defence(DEFAULT_VOTE)))
     return check(grid)
 
 
