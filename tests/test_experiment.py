@@ -276,8 +276,8 @@ def _digest(weights: list[np.ndarray]) -> bytes:
     return sha256(b"".join(w.tobytes() for w in weights))
 
 
-@pytest.mark.parametrize(("name", "cells"), [("small", 8), ("full", 112), ("honest", 10),
-                                           ("attacks", 32), ("colluders", 12)])
+@pytest.mark.parametrize(("name", "cells"), [("small", 8), ("honest", 10), ("attacks", 32),
+                                           ("colluders", 12), ("strong-colluders", 18)])
 def test_the_shipped_grid_files_are_valid_grids(name: str, cells: int) -> None:
     grid = make_grid(Path(__file__).parent.parent / "benchmarks" / "grids" / f"{name}.toml")
     assert grid.trainers == 10

@@ -4,8 +4,9 @@ stops attackers.
 ``flobc cluster up`` as a user types it, with 4 validators and 10 trainers that each
 hold two label shards (``--partition shards:2``). Judged alone against the validators'
 balanced shards (``chance_bound``) every honest update is rejected and the model never
-leaves version 0. Under ``influence`` each validator waits for the round's updates and
-judges each one's leave-one-out influence on their aggregate: over 20 rounds every
+leaves version 0. Under ``influence``, the default, each validator waits for the round's
+updates and judges each one's influence on their aggregate against a zero update in its
+place: over 20 rounds every
 honest update is accepted and the model learns; with three attackers of different
 kinds among the ten, their updates are rejected, no honest trainer is excluded and the
 seven honest trainers keep learning.
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 20
 TRAINERS = 10
-SKEWED = ("--trainers", str(TRAINERS), "--partition", "shards:2", "--validation", "influence")
+SKEWED = ("--trainers", str(TRAINERS), "--partition", "shards:2")  # the default vote
 ATTACKERS = {0: "sign_flip", 1: "scaling", 3: "noise"}
 """Trainers whose labels (3 and 7, 1 and 9, 4 and 6 of this split) other trainers also
 hold, so that every digit is still learnt once they are voted out."""
