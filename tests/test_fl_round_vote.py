@@ -6,10 +6,9 @@ hold two label shards (``--partition shards:2``). Judged alone against the valid
 balanced shards (``chance_bound``) every honest update is rejected and the model never
 leaves version 0. Under ``influence``, the default, each validator waits for the round's
 updates and judges each one's influence on their aggregate against a zero update in its
-place: over 20 rounds every
-honest update is accepted and the model learns; with three attackers of different
-kinds among the ten, their updates are rejected, no honest trainer is excluded and the
-seven honest trainers keep learning.
+place: over 20 rounds every honest update is accepted and the model learns; with three
+attackers of different kinds among the ten, their updates are rejected, no honest
+trainer is excluded and the seven honest trainers keep learning.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from flobc.config import ConfigError
 from flobc.errors import LaunchError
+from flobc.launch.testnet import FLOptions
 from flobc.ml.data import DATASETS
 from flobc.ml.partition import parse_partition
 from flobc.protocol.aggregation import AGGREGATORS
@@ -28,7 +29,7 @@ from flobc.trainer.byzantine import BEHAVIOURS
 NO_VOTE = "none"
 """The defence's vote when there is none: every validator votes accept on every update,
 so the chain still counts votes, moves trust and aggregates, but rejects nothing."""
-DEFAULT_VOTE = VALIDATION_RULES.name_of(type(FLConfig.validation))
+DEFAULT_VOTE = FLOptions.validation
 """The genesis default rule: with ``none``, the defences of a grid that names none."""
 CLEAN = "none"
 """The attack of the clean run: every trainer honest."""
